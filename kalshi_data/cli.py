@@ -1,0 +1,92 @@
+"""The ``kalshi-data`` command: one entry point, one subcommand per service or tool.
+
+Services own their argument parsing (``<module>.main(argv) -> int``) so that
+``python -m gatherer`` and ``kalshi-data gatherer`` are the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+#: Subcommands implemented by a module's ``main(argv: list[str]) -> int``.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "sim": ("simulator.__main__", "run the local Kalshi exchange simulator"),
+    "gatherer": ("gatherer.__main__", "run a gatherer (Kalshi -> local database)"),
+    "dedup": ("deduplicator.__main__", "run the deduplicator (gatherers -> production)"),
+    "demo": ("kalshi_data.demo", "start a whole local cluster and show it working"),
+    "export": ("kalshi_data.export", "export production partitions to S3 as Parquet"),
+    "restore-gatherer": ("kalshi_data.restore", "rebuild a gatherer DB's recent window"),
+}
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from kalshi_data.migrate import MigrationError, migrate  # noqa: PLC0415 (fast CLI start)
+
+    try:
+        applied = migrate(args.dsn, args.target)
+    except MigrationError as exc:
+        print(f"kalshi-data migrate: error: {exc}", file=sys.stderr)
+        return 2
+    if applied:
+        for name in applied:
+            print(f"applied {args.target}/{name}")
+    else:
+        print(f"{args.target} schema is up to date")
+    return 0
+
+
+def _create_user(args: argparse.Namespace) -> int:
+    from kalshi_data.users import UserError, create_user, read_password_file  # noqa: PLC0415
+
+    try:
+        create_user(args.dsn, args.role, args.user, read_password_file(Path(args.password_file)))
+    except (UserError, OSError) as exc:
+        print(f"kalshi-data create-user: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {args.user} is a member of {args.role}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser (delegated subcommands take the rest of the line)."""
+    parser = argparse.ArgumentParser(prog="kalshi-data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    m = sub.add_parser("migrate", help="apply numbered SQL migrations")
+    m.add_argument("target", choices=["gatherer", "production"])
+    m.add_argument("--dsn", required=True, help="libpq DSN of the database to migrate")
+    m.set_defaults(func=_migrate)
+    u = sub.add_parser("create-user", help="create a login user in one of the project's roles")
+    u.add_argument("--dsn", required=True)
+    u.add_argument(
+        "--role",
+        required=True,
+        choices=["gatherer_writer", "dedup_reader", "dedup_writer", "exporter", "analyst"],
+    )
+    u.add_argument("--user", required=True)
+    u.add_argument("--password-file", required=True, help="file whose first line is the password")
+    u.set_defaults(func=_create_user)
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in DELEGATED:
+        module_name = DELEGATED[args_list[0]][0]
+        module = importlib.import_module(module_name)
+        entry: Callable[[list[str]], int] = module.main
+        return entry(args_list[1:])
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Numbered SQL migrations with checksums, applied under an advisory lock.
+
+``kalshi-data migrate gatherer|production --dsn DSN`` applies ``migrations/<target>/NNNN_*.sql``
+in order. Each file runs in its own transaction together with its ``schema_migrations`` row, so
+a file is either fully applied or not at all. A session advisory lock serialises concurrent
+runs (the second waits, then finds nothing to do). A file whose checksum differs from the one
+recorded when it was applied stops the run: applied migrations are history, never edited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import psycopg
+
+Target = Literal["gatherer", "production"]
+TARGETS: tuple[Target, ...] = ("gatherer", "production")
+#: pg_advisory_lock key: hashtext('kalshi_data.migrate') computed once, fixed forever.
+LOCK_KEY = 0x6B64_6D69  # "kdmi"
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """A migration cannot be applied (edited file, wrong target, bad SQL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the file's text."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations_dir() -> Path:
+    """Where the SQL files live: env override, source checkout, or the installed data files."""
+    env = os.environ.get("KALSHI_DATA_MIGRATIONS_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "migrations"
+    if here.is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "kalshi-data" / "migrations"
+
+
+def load(target: Target, base: Path | None = None) -> list[Migration]:
+    """The target's migrations in version order."""
+    folder = (base or migrations_dir()) / target
+    if not folder.is_dir():
+        raise MigrationError(f"no migrations folder for {target!r} at {folder}")
+    out: list[Migration] = []
+    for path in sorted(folder.iterdir()):
+        m = _NAME.match(path.name)
+        if m is None:
+            continue
+        out.append(Migration(m.group(1), path.name, path.read_text()))
+    versions = [m.version for m in out]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration numbers in {folder}")
+    return out
+
+
+_BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version text PRIMARY KEY,
+    name text NOT NULL,
+    target text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def migrate(dsn: str, target: Target, *, base: Path | None = None) -> list[str]:
+    """Apply pending migrations of ``target``; return the names applied (empty when current).
+
+    Raises:
+        MigrationError: an applied file was edited, the database belongs to the other target,
+            or a file failed (its transaction is rolled back; earlier files stay applied).
+    """
+    if target not in TARGETS:
+        raise MigrationError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+    wanted = load(target, base)
+    applied_now: list[str] = []
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            conn.execute(_BOOTSTRAP)
+            rows = conn.execute(
+                "SELECT version, name, target, checksum FROM schema_migrations"
+            ).fetchall()
+            done = {r[0]: r for r in rows}
+            other = {r[2] for r in rows} - {target}
+            if other:
+                raise MigrationError(
+                    f"this database holds {sorted(other)[0]} migrations; refusing to apply "
+                    f"{target} migrations to it"
+                )
+            for mig in wanted:
+                prior = done.get(mig.version)
+                if prior is not None:
+                    if prior[3] != mig.checksum:
+                        raise MigrationError(
+                            f"migration {mig.name} was edited after it was applied "
+                            f"(recorded sha256 {prior[3][:12]}…, file {mig.checksum[:12]}…); "
+                            "add a new numbered migration instead"
+                        )
+                    continue
+                try:
+                    with conn.transaction():
+                        conn.execute(mig.sql.encode())
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, target, checksum) "
+                            "VALUES (%s, %s, %s, %s)",
+                            (mig.version, mig.name, target, mig.checksum),
+                        )
+                except psycopg.Error as exc:
+                    raise MigrationError(f"migration {mig.name} failed: {exc}") from exc
+                applied_now.append(mig.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    return applied_now

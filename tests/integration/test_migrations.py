@@ -1,0 +1,212 @@
+"""Migrations and schemas on a real PostgreSQL 15 (the plain-PostgreSQL path)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kalshi_data import tables
+from kalshi_data.migrate import MigrationError, load, migrate, migrations_dir
+from kalshi_data.pgcluster import PgCluster
+from kalshi_data.users import create_user
+
+
+def _columns(dsn: str, table: str) -> list[tuple[str, str, bool]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull "
+            "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+            "AND NOT a.attisdropped ORDER BY a.attnum",
+            (table,),
+        ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _unique_columns(dsn: str, table: str) -> set[tuple[str, ...]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_constraint c "
+            "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+            "WHERE c.conrelid = %s::regclass AND c.contype IN ('u', 'p') GROUP BY c.oid",
+            (table,),
+        ).fetchall()
+    return {tuple(r[0]) for r in rows}
+
+
+def test_gatherer_migrations_idempotent(fresh_db: str) -> None:
+    """Applying twice applies everything once, then nothing."""
+    first = migrate(fresh_db, "gatherer")
+    assert first == [m.name for m in load("gatherer")]
+    assert migrate(fresh_db, "gatherer") == []
+
+
+def test_concurrent_runs_are_safe(fresh_db: str) -> None:
+    """Two simultaneous runs apply every file exactly once between them."""
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate(fresh_db, "production"))
+        except BaseException as exc:  # noqa: BLE001 (the assertion below reports it)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    applied = sorted(name for r in results for name in r)
+    assert applied == sorted(m.name for m in load("production"))
+    with psycopg.connect(fresh_db) as conn:
+        n = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+    assert n == (len(applied),)
+
+
+def test_edited_migration_is_refused(fresh_db: str, tmp_path: Path) -> None:
+    """A file changed after it was applied stops the run with a message naming it."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrations_dir(), copy)
+    migrate(fresh_db, "gatherer", base=copy)
+    path = copy / "gatherer" / "0002_tables.sql"
+    path.write_text(path.read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match=r"0002_tables\.sql was edited"):
+        migrate(fresh_db, "gatherer", base=copy)
+
+
+def test_wrong_target_is_refused(fresh_db: str) -> None:
+    """Production migrations are refused on a gatherer database."""
+    migrate(fresh_db, "gatherer")
+    with pytest.raises(MigrationError, match="gatherer migrations"):
+        migrate(fresh_db, "production")
+
+
+@pytest.mark.parametrize("target", ["gatherer", "production"])
+def test_schema_matches_table_contract(fresh_db: str, target: str) -> None:
+    """Every synced table has exactly the columns and identity of kalshi_data/tables.py."""
+    migrate(fresh_db, target)  # type: ignore[arg-type]
+    extra = tables.CURSOR_COLUMNS if target == "gatherer" else tables.PRODUCTION_COLUMNS
+    for spec in tables.SYNCED_TABLES:
+        cols = _columns(fresh_db, spec.name)
+        names = [c[0] for c in cols]
+        assert names == [*spec.column_names, *extra], spec.name
+        with psycopg.connect(fresh_db) as conn:
+            for col, (name, pgtype, nullable) in zip(spec.columns, cols, strict=False):
+                row = conn.execute("SELECT format_type(%s::regtype, NULL)", (col.pgtype,))
+                expected = row.fetchone()
+                assert expected is not None
+                assert (col.name, expected[0], col.nullable) == (name, pgtype, nullable), spec.name
+        key = spec.identity if target == "gatherer" else spec.production_key
+        assert key in _unique_columns(fresh_db, spec.name), spec.name
+
+
+def test_plain_postgres_partitions_route_rows(fresh_db: str) -> None:
+    """Without TimescaleDB, time-series tables are range-partitioned by day with a default."""
+    migrate(fresh_db, "gatherer")
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT kd_timescale_enabled()").fetchone() == (False,)
+        conn.execute(
+            "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
+            "is_block_trade, suspect, received_at) VALUES "
+            "(gen_random_uuid(), 'A', now(), 4200, 5800, 100, false, false, now()),"
+            "(gen_random_uuid(), 'A', '2001-01-01', 4200, 5800, 100, false, false, now())"
+        )
+        rows = conn.execute(
+            "SELECT tableoid::regclass::text FROM trades ORDER BY exchange_ts"
+        ).fetchall()
+    assert rows[0][0] == "trades_default"
+    assert rows[1][0].startswith("trades_p")
+
+
+def test_cursor_columns_follow_commit_horizon(fresh_db: str) -> None:
+    """ingest_xid is the writer's xid, and rows of an open transaction stay above xmin."""
+    migrate(fresh_db, "gatherer")
+    insert = (
+        "INSERT INTO dead_letters (dl_id, source, reason, raw, received_at) "
+        "VALUES (gen_random_uuid(), 'ws', 'test', '\\x00', now())"
+    )
+    with psycopg.connect(fresh_db) as slow, psycopg.connect(fresh_db, autocommit=True) as fast:
+        slow.execute(insert)  # stays open: its xid holds the horizon back
+        fast.execute(insert)
+        visible = fast.execute(
+            "SELECT count(*) FROM dead_letters "
+            "WHERE ingest_xid < pg_snapshot_xmin(pg_current_snapshot())"
+        ).fetchone()
+        assert visible == (0,)  # the committed row is above the slow transaction's xid
+        slow.commit()
+        visible = fast.execute(
+            "SELECT count(*) FROM dead_letters "
+            "WHERE ingest_xid < pg_snapshot_xmin(pg_current_snapshot())"
+        ).fetchone()
+        assert visible == (2,)
+
+
+def _user_dsn(cluster: PgCluster, dbname: str, user: str, password: str) -> str:
+    return cluster.dsn(dbname, user=user, password=password)
+
+
+def test_gatherer_roles_are_restricted(shared_pg: PgCluster, fresh_db: str) -> None:
+    """The writer can only insert (and read identity columns); the reader can only read."""
+    migrate(fresh_db, "gatherer")
+    dbname = fresh_db.rsplit("/", 1)[1]
+    suffix = dbname.replace("_", "")
+    create_user(fresh_db, "gatherer_writer", f"gw{suffix}", "pw-writer-test")
+    create_user(fresh_db, "dedup_reader", f"dr{suffix}", "pw-reader-test")
+    writer = _user_dsn(shared_pg, dbname, f"gw{suffix}", "pw-writer-test")
+    reader = _user_dsn(shared_pg, dbname, f"dr{suffix}", "pw-reader-test")
+    row = (
+        "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
+        "is_block_trade, suspect, received_at) VALUES "
+        "('00000000-0000-0000-0000-000000000001', 'A', '2026-11-22 12:00+00', "
+        "4200, 5800, 100, false, false, now())"
+    )
+    with psycopg.connect(writer, autocommit=True) as conn:
+        conn.execute(row)
+        conn.execute(row + " ON CONFLICT DO NOTHING")
+        assert conn.execute("SELECT kd_ensure_partitions(0, 1)").fetchone() is not None
+        for forbidden in (
+            "SELECT * FROM trades",
+            "SELECT ticker FROM trades",
+            "DELETE FROM trades",
+            "UPDATE trades SET count = 0",
+            "TRUNCATE trades",
+            "SELECT * FROM schema_migrations",
+            "CREATE TABLE evil (v int)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(forbidden)
+    with psycopg.connect(reader, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute(row.replace("0001", "0002"))
+        conn.execute("SET default_transaction_read_only = off")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(row.replace("0001", "0002"))
+
+
+def test_production_writer_has_no_ddl(shared_pg: PgCluster, fresh_db: str) -> None:
+    """The deduplicator's production role writes data and cursors but cannot change schema."""
+    migrate(fresh_db, "production")
+    dbname = fresh_db.rsplit("/", 1)[1]
+    user = "dw" + dbname.replace("_", "")
+    create_user(fresh_db, "dedup_writer", user, "pw-dedup-test")
+    with psycopg.connect(_user_dsn(shared_pg, dbname, user, "pw-dedup-test")) as conn:
+        conn.execute("UPDATE sync_cursors SET last_id = 1 WHERE gatherer_id = 'g1'")
+        conn.execute("UPDATE dedup_lease SET epoch = epoch + 1 WHERE name = 'dedup'")
+        conn.commit()
+        for forbidden in (
+            "CREATE TABLE evil (v int)",
+            "DROP TABLE trades",
+            "ALTER TABLE trades ADD COLUMN x int",
+            "DELETE FROM trades",
+            "TRUNCATE trades",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(forbidden)
+            conn.rollback()
