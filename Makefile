@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 
 deps: $(STAMP)
 
-# PostgreSQL server binaries from Debian's packages when they are missing.
+# System packages (PostgreSQL server, promtool) from Debian when missing.
 pg:
-	@bash scripts/ensure-postgres.sh
+	@bash scripts/ensure-system-packages.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

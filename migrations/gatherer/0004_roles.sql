@@ -34,3 +34,4 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO kd_gatherer_writer;
 GRANT EXECUTE ON FUNCTION kd_ensure_partitions(integer, integer) TO kd_gatherer_writer;
 
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO kd_dedup_reader;
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO kd_dedup_reader;

@@ -23,6 +23,9 @@ GRANT USAGE ON SCHEMA public TO kd_dedup_writer, kd_exporter, kd_analyst;
 GRANT SELECT, INSERT ON trades, orderbook_deltas, orderbook_snapshots, tickers, lifecycle_events,
     markets, events, series, gaps, dead_letters TO kd_dedup_writer;
 GRANT UPDATE ON markets, events, series TO kd_dedup_writer;
+-- a clean copy from another gatherer clears the suspect flag of a row first seen after a gap
+GRANT UPDATE (suspect, gatherer_id, synced_at)
+    ON trades, orderbook_deltas, orderbook_snapshots, lifecycle_events TO kd_dedup_writer;
 GRANT SELECT, INSERT, UPDATE ON sync_cursors, dedup_lease TO kd_dedup_writer;
 GRANT EXECUTE ON FUNCTION kd_ensure_partitions(integer, integer) TO kd_dedup_writer, kd_exporter;
 
