@@ -20,6 +20,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "demo": ("kalshi_data.demo", "start a whole local cluster and show it working"),
     "export": ("kalshi_data.export", "export production partitions to S3 as Parquet"),
     "restore-gatherer": ("kalshi_data.restore", "rebuild a gatherer DB's recent window"),
+    "retention": ("kalshi_data.retention", "drop old gatherer partitions the deduplicator synced"),
 }
 
 

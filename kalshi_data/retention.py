@@ -1,0 +1,133 @@
+"""``kalshi-data retention``: drop old gatherer partitions, but only those fully synced.
+
+TimescaleDB's retention policy would drop chunks by age alone and could delete rows the
+deduplicator has not read yet (reliability-notes G6), so the gatherer schema has none. This job
+drops a partition (native) or chunk (hypertable) older than ``--keep`` only when no row in it is
+above the production cursor of that gatherer and table, and only when the cursor belongs to this
+very cluster (same system identifier): a cursor of another cluster proves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from kalshi_data.restore import parse_duration
+from kalshi_data.tables import TIMESERIES_TABLES
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What retention did (or would do) with one partition."""
+
+    table: str
+    partition: str
+    action: str  # "dropped", "kept: unsynced rows", "would drop"
+
+
+async def _cursor(prod: asyncpg.Connection, gatherer_id: str, table: str) -> tuple[int, int, str]:
+    row = await prod.fetchrow(
+        "SELECT last_xid::text::bigint, last_id, system_identifier FROM sync_cursors "
+        "WHERE gatherer_id = $1 AND table_name = $2",
+        gatherer_id,
+        table,
+    )
+    if row is None or row[2] is None:
+        raise RuntimeError(f"no cursor for gatherer {gatherer_id} table {table}: nothing is synced")
+    return int(row[0]), int(row[1]), str(row[2])
+
+
+async def _old_partitions(gath: asyncpg.Connection, table: str, before: datetime) -> list[str]:
+    """Partitions (native) or chunks (TimescaleDB) entirely older than ``before``."""
+    timescale = await gath.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+    )
+    if timescale:
+        rows = await gath.fetch(
+            "SELECT c::text FROM show_chunks($1::regclass, older_than => $2) AS c", table, before
+        )
+        return [str(r[0]) for r in rows]
+    rows = await gath.fetch(
+        "SELECT c.oid::regclass::text, "
+        "(regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1] "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = $1::regclass",
+        table,
+    )
+    out = []
+    for name, upper in rows:
+        if upper is None:  # the default partition: never dropped whole
+            continue
+        if datetime.fromisoformat(str(upper)).astimezone(UTC) <= before:
+            out.append(str(name))
+    return out
+
+
+async def run_retention(
+    gatherer_dsn: str, production_dsn: str, gatherer_id: str, keep: timedelta, *, dry_run: bool
+) -> list[Decision]:
+    """Drop fully synced partitions older than ``keep``; returns one decision per candidate."""
+    before = datetime.now(UTC) - keep
+    gath = await asyncpg.connect(gatherer_dsn, timeout=10)
+    prod = await asyncpg.connect(production_dsn, timeout=10)
+    decisions: list[Decision] = []
+    try:
+        sysid = str(await gath.fetchval("SELECT system_identifier::text FROM pg_control_system()"))
+        for spec in TIMESERIES_TABLES:
+            last_xid, last_id, cursor_sysid = await _cursor(prod, gatherer_id, spec.name)
+            if cursor_sysid != sysid:
+                raise RuntimeError(
+                    f"cursor of {gatherer_id}/{spec.name} belongs to cluster {cursor_sysid}, "
+                    f"this database is {sysid}: refusing to drop anything"
+                )
+            for part in await _old_partitions(gath, spec.name, before):
+                unsynced = await gath.fetchval(
+                    f"SELECT EXISTS (SELECT 1 FROM {part} WHERE (ingest_xid, ingest_id) > "
+                    "($1::text::xid8, $2::bigint))",
+                    str(last_xid),
+                    last_id,
+                )
+                if unsynced:
+                    decisions.append(Decision(spec.name, part, "kept: unsynced rows"))
+                elif dry_run:
+                    decisions.append(Decision(spec.name, part, "would drop"))
+                else:
+                    await gath.execute(f"DROP TABLE {part}")
+                    decisions.append(Decision(spec.name, part, "dropped"))
+    finally:
+        await gath.close()
+        await prod.close()
+    return decisions
+
+
+def main(argv: list[str]) -> int:
+    """``kalshi-data retention --gatherer-dsn DSN --production-dsn DSN --gatherer-id g1 --keep 7d``."""
+    parser = argparse.ArgumentParser(prog="kalshi-data retention", description=__doc__)
+    parser.add_argument("--gatherer-dsn", required=True, help="an owner of the gatherer tables")
+    parser.add_argument("--production-dsn", required=True, help="read access to sync_cursors")
+    parser.add_argument("--gatherer-id", required=True)
+    parser.add_argument("--keep", default="7d", help="keep at least this much (default 7d)")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        keep = parse_duration(args.keep)
+        decisions = asyncio.run(
+            run_retention(
+                args.gatherer_dsn,
+                args.production_dsn,
+                args.gatherer_id,
+                keep,
+                dry_run=args.dry_run,
+            )
+        )
+    except (ValueError, RuntimeError) as exc:
+        print(f"kalshi-data retention: {exc}", file=sys.stderr)
+        return 2
+    for d in decisions:
+        print(f"{d.table} {d.partition}: {d.action}")
+    return 0

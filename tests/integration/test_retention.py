@@ -1,0 +1,88 @@
+"""Gatherer retention drops only partitions that are old AND fully synced."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from kalshi_data.migrate import migrate
+from kalshi_data.pgcluster import PgCluster
+from kalshi_data.retention import run_retention
+
+INSERT = (
+    "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
+    "is_block_trade, suspect, received_at) SELECT gen_random_uuid(), 'MKT', "
+    "date_trunc('day', now()) - interval '{d} days' + i * interval '1 s', 1, 1, 1, false, false, "
+    "now() FROM generate_series(1, 10) AS i"
+)
+
+
+async def test_unsynced_partitions_survive(shared_pg: PgCluster) -> None:
+    """Old synced partitions are dropped; an old one with unsynced rows is kept; new ones stay."""
+    gath = shared_pg.create_database("ret_gath")
+    prod = shared_pg.create_database("ret_prod")
+    try:
+        migrate(gath, "gatherer")
+        migrate(prod, "production")
+        with psycopg.connect(gath, autocommit=True) as conn:
+            conn.execute("SELECT kd_ensure_partitions(20, 2)")
+            conn.execute(INSERT.format(d=10).encode())  # synced below
+            row = conn.execute(
+                "SELECT max(ingest_xid)::text, max(ingest_id) FROM trades"
+            ).fetchone()
+            conn.execute(INSERT.format(d=9).encode())  # written after the cursor: unsynced
+            sysid = conn.execute(
+                "SELECT system_identifier::text FROM pg_control_system()"
+            ).fetchone()
+        assert row is not None and sysid is not None
+        with psycopg.connect(prod, autocommit=True) as conn:
+            for t in ("trades", "orderbook_deltas", "orderbook_snapshots", "tickers"):
+                xid, iid = (row[0], row[1]) if t == "trades" else ("0", 0)
+                conn.execute(
+                    "INSERT INTO sync_cursors (gatherer_id, table_name, system_identifier, "
+                    "last_xid, last_id) VALUES ('g1', %s, %s, %s::xid8, %s)",
+                    (t, sysid[0], xid, iid),
+                )
+        dry = await run_retention(gath, prod, "g1", timedelta(days=5), dry_run=True)
+        by_part = {d.partition: d.action for d in dry if d.table == "trades"}
+        day10 = next(p for p in by_part if p.endswith(_suffix(shared_pg, 10)))
+        day9 = next(p for p in by_part if p.endswith(_suffix(shared_pg, 9)))
+        assert by_part[day10] == "would drop"
+        assert by_part[day9] == "kept: unsynced rows"
+        done = await run_retention(gath, prod, "g1", timedelta(days=5), dry_run=False)
+        assert any(d.partition == day10 and d.action == "dropped" for d in done)
+        with psycopg.connect(gath) as conn:
+            left = conn.execute("SELECT count(*) FROM trades").fetchone()
+        assert left == (10,)  # only the unsynced day remains
+    finally:
+        shared_pg.execute('DROP DATABASE "ret_gath" WITH (FORCE)')
+        shared_pg.execute('DROP DATABASE "ret_prod" WITH (FORCE)')
+
+
+def _suffix(cluster: PgCluster, days_ago: int) -> str:
+    row = cluster.execute(
+        f"SELECT to_char((now() AT TIME ZONE 'UTC')::date - {days_ago}, 'YYYYMMDD')"
+    )
+    return str(row[0][0])
+
+
+async def test_foreign_cursor_refuses(shared_pg: PgCluster) -> None:
+    """A cursor recorded for another cluster is no proof: nothing is dropped."""
+    gath = shared_pg.create_database("ret_gath2")
+    prod = shared_pg.create_database("ret_prod2")
+    try:
+        migrate(gath, "gatherer")
+        migrate(prod, "production")
+        with psycopg.connect(prod, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO sync_cursors (gatherer_id, table_name, system_identifier) "
+                "SELECT 'g1', t, '1' FROM unnest(ARRAY['trades','orderbook_deltas',"
+                "'orderbook_snapshots','tickers']) AS t"
+            )
+        with pytest.raises(RuntimeError, match="refusing to drop"):
+            await run_retention(gath, prod, "g1", timedelta(days=1), dry_run=False)
+    finally:
+        shared_pg.execute('DROP DATABASE "ret_gath2" WITH (FORCE)')
+        shared_pg.execute('DROP DATABASE "ret_prod2" WITH (FORCE)')
