@@ -1,0 +1,38 @@
+"""The core exception tree.
+
+    KalshiDataError
+    ├── ConfigError(key, message)   bad configuration: the process refuses to start, naming the key
+    ├── TransientError              classify() -> RETRYABLE (a passing fault: retry with backoff)
+    └── PermanentError              classify() -> PERMANENT (retrying would only hide it)
+
+Structured fields ride along as keyword arguments (``component=``, ``gatherer=``...), available
+as ``exc.fields`` for logging; messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KalshiDataError(Exception):
+    """Base of the project's own errors."""
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class ConfigError(KalshiDataError):
+    """Invalid configuration; ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config error at {key!r}: {message}", key=key)
+        self.key = key
+
+
+class TransientError(KalshiDataError):
+    """A failure worth retrying (rate limit, 5xx, dropped connection)."""
+
+
+class PermanentError(KalshiDataError):
+    """A failure retrying cannot fix (bad credentials, missing database, bad request)."""
