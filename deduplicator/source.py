@@ -1,0 +1,151 @@
+"""Reading one gatherer database: identity, horizon, batch bounds, and a binary COPY stream.
+
+Rows are never decoded here: the batch is streamed as PostgreSQL binary COPY from the gatherer
+straight into the production staging table (both sides have the same column types, from
+tables.py), which keeps the deduplicator's CPU and memory flat whatever the row width.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from deduplicator import sql
+from kalshi_data.dbcheck import check_timescale_preload
+from kalshi_data.tables import TableSpec
+
+_QUEUE_CHUNKS = 32  # bounded pipe between the two COPYs: memory stays flat
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Which cluster a gatherer database is, and how far its xids have gone."""
+
+    system_identifier: str
+    next_xid: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchBounds:
+    """The closed cursor range ``(start, end]`` of one batch and its row count."""
+
+    start: tuple[int, int]
+    end: tuple[int, int]
+    rows: int
+
+
+async def connect(dsn: str, *, timeout_s: float, gatherer: str) -> asyncpg.Connection:
+    """A read-only connection to a gatherer database (DNS resolved anew on every call)."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        dsn,
+        timeout=timeout_s,
+        command_timeout=300,
+        server_settings={
+            "application_name": f"kalshi-dedup-reader-{gatherer}",
+            "default_transaction_read_only": "on",
+        },
+    )
+    try:
+        await check_timescale_preload(conn, f"gatherer {gatherer}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def identity(conn: asyncpg.Connection) -> Identity:
+    """The cluster's system identifier and the next xid it will assign."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT system_identifier::text FROM pg_control_system()), "
+        "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+    )
+    assert row is not None
+    return Identity(str(row[0]), int(row[1]))
+
+
+async def horizon(conn: asyncpg.Connection) -> int:
+    """Every transaction with an xid below this one has finished (one statement)."""
+    return int(await conn.fetchval(sql.horizon_query()))
+
+
+async def next_batch(
+    conn: asyncpg.Connection,
+    spec: TableSpec,
+    cursor: tuple[int, int],
+    horizon_xid: int,
+    *,
+    max_rows: int,
+    max_bytes: int,
+) -> BatchBounds | None:
+    """Bounds of the next batch after ``cursor``, or None when nothing is pending."""
+    row = await conn.fetchrow(
+        sql.batch_end_query(spec), str(cursor[0]), cursor[1], str(horizon_xid), max_rows, max_bytes
+    )
+    if row is None:
+        return None
+    return BatchBounds(cursor, (int(row[0]), int(row[1])), int(row[2]))
+
+
+async def backlog(conn: asyncpg.Connection, spec: TableSpec, last_id: int) -> int:
+    """Approximate rows pending (ingest sequence high-water mark minus the cursor's id)."""
+    return int(await conn.fetchval(sql.backlog_query(spec), last_id))
+
+
+class CopyPipe:
+    """Stream one batch out of a gatherer as binary COPY, as an async iterator of chunks.
+
+    The producer (``copy_from_query``) runs as a task feeding a bounded queue; an error on the
+    gatherer side is re-raised in the consumer, inside the production transaction, which then
+    rolls back.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, spec: TableSpec, bounds: BatchBounds) -> None:
+        self._conn = conn
+        self._spec = spec
+        self._bounds = bounds
+        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_QUEUE_CHUNKS)
+        self._task: asyncio.Task[None] | None = None
+
+    async def _produce(self) -> None:
+        async def sink(chunk: bytes) -> None:
+            await self._queue.put(bytes(chunk))
+
+        try:
+            b = self._bounds
+            await self._conn.copy_from_query(
+                sql.copy_out_query(self._spec),
+                str(b.start[0]),
+                b.start[1],
+                str(b.end[0]),
+                b.end[1],
+                output=sink,
+                format="binary",
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await self._queue.put(exc)
+            return
+        await self._queue.put(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the COPY data; raises what the gatherer side raised."""
+        self._task = asyncio.create_task(self._produce(), name=f"copy-out-{self._spec.name}")
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def close(self) -> None:
+        """Stop the producer (after an error on either side)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task  # already failing: the first error is the one reported

@@ -1,0 +1,348 @@
+"""The deduplicator against real gatherer and production clusters: exactly once, through faults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import psycopg
+import pytest
+
+from deduplicator.config import DedupConfig
+from deduplicator.service import Deduplicator
+from kalshi_data.config import load_config
+from kalshi_data.pgcluster import PgCluster
+from tests.integration.dedup_support import (
+    TRADE_SQL,
+    DedupProcess,
+    Topology,
+    await_for,
+    build_topology,
+    expected_deltas,
+    expected_trades,
+    load_rows,
+    production_deltas,
+    production_trades,
+    set_scratch,
+    wait_for,
+)
+
+
+@pytest.fixture
+def topo(pg_template: PgCluster, shared_pg: PgCluster) -> Iterator[Topology]:
+    """Production plus three gatherer clusters, migrated, destroyed afterwards."""
+    set_scratch(shared_pg.dsn())
+    t = build_topology(pg_template)
+    yield t
+    for c in [t.production, *t.gatherers]:
+        c.destroy()
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: dict[str, object]) -> AsyncIterator[Deduplicator]:
+    """An in-process deduplicator, stopped (cleanly) on exit."""
+    d = Deduplicator(load_config(DedupConfig, None, data=cfg))
+    task = asyncio.create_task(d.run())
+    try:
+        yield d
+    finally:
+        d.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+def _exactly_once(topo: Topology, lo: int, hi: int) -> bool:
+    trades = production_trades(topo)
+    return set(trades) == expected_trades(lo, hi) and max(trades.values(), default=1) == 1
+
+
+def _assert_exactly_once(topo: Topology, lo: int, hi: int) -> None:
+    trades = production_trades(topo)
+    assert set(trades) == expected_trades(lo, hi)
+    assert trades.most_common(1)[0][1] == 1
+    assert production_deltas(topo) == expected_deltas(lo, hi)
+
+
+async def test_three_gatherers_with_different_holes(topo: Topology) -> None:
+    """Each gatherer missed different messages; production has every one exactly once."""
+    n = 6000
+    for g in range(3):
+        load_rows(topo, g, 0, n - 1, hole=f"mod({{i}}, 3) = {g}")
+    async with running(topo.config()) as d:
+        await await_for(lambda: _exactly_once(topo, 0, n - 1), 60, "all trades in production")
+        await await_for(
+            lambda: production_deltas(topo) == expected_deltas(0, n - 1), 30, "all deltas"
+        )
+        health = await d.health()
+    _assert_exactly_once(topo, 0, n - 1)
+    assert health["role"] == "leader"
+    assert health["status"] == "healthy"
+    # Each gatherer saw 2/3 of the rows; together they read each row twice: ratio 1/2.
+    ratio = d.metrics.duplicate_ratio.labels("trades")._value.get()
+    assert 0.45 < ratio < 0.55
+
+
+async def test_suspect_rows_used_only_without_a_clean_copy(topo: Topology) -> None:
+    """A suspect row is kept when nobody else has it, and cleared by a clean copy."""
+    load_rows(topo, 0, 0, 99, suspect=True)
+    load_rows(topo, 1, 0, 49)  # clean copy of the first half only
+    async with running(topo.config()):
+        await await_for(lambda: _exactly_once(topo, 0, 99), 30, "trades merged")
+
+        def flags() -> dict[bool, int]:
+            with psycopg.connect(topo.prod_dsn(superuser=True)) as conn:
+                rows = conn.execute("SELECT suspect, count(*) FROM trades GROUP BY 1").fetchall()
+            return {bool(r[0]): int(r[1]) for r in rows}
+
+        await await_for(lambda: flags() == {False: 50, True: 50}, 30, "suspect flags settled")
+
+
+async def test_cursor_never_skips_slow_or_concurrent_commits(topo: Topology) -> None:
+    """Concurrent writers, a slow transaction committing after later ones, equal timestamps on
+    batch boundaries: no row skipped, none doubled."""
+    dsn = topo.gatherer_dsn(0, superuser=True)
+    slow = psycopg.connect(dsn)
+    # The slow transaction takes its xid first, then stays open while others commit.
+    slow.execute(TRADE_SQL.format(hole="false").encode(), _params(0, 999))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    chunks = [(1000 + 500 * j, 1000 + 500 * j + 499) for j in range(24)]
+
+    def writer(mine: list[tuple[int, int]]) -> None:
+        try:
+            with psycopg.connect(dsn) as conn:
+                for lo, hi in mine:
+                    conn.execute(TRADE_SQL.format(hole="false").encode(), _params(lo, hi))
+                    time.sleep(random.uniform(0, 0.05))  # interleave commits of the writers
+                    conn.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    cfg = topo.config(batch_rows=137)  # batch boundaries fall inside equal-timestamp runs
+    async with running(cfg):
+        threads = [threading.Thread(target=writer, args=(chunks[j::4],)) for j in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            await asyncio.to_thread(t.join)
+        assert errors == []
+        # Everything after the slow transaction's xid is held back by the horizon...
+        await await_for(lambda: _count(topo) == 0, 5, "nothing merged past the open transaction")
+        slow.commit()
+        slow.close()
+        stop.set()
+        await await_for(lambda: _exactly_once(topo, 0, 12999), 60, "every committed row")
+    trades = production_trades(topo)
+    assert len(trades) == 13000
+    assert set(trades.values()) == {1}
+
+
+def _params(lo: int, hi: int) -> dict[str, object]:
+    return {"base": "2026-11-22 12:00:00+00", "lo": lo, "hi": hi, "suspect": False}
+
+
+def _count(topo: Topology) -> int:
+    with psycopg.connect(topo.prod_dsn(superuser=True)) as conn:
+        row = conn.execute("SELECT count(*) FROM trades").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_kill9_mid_batch_then_restart(topo: Topology, tmp_path: Path) -> None:
+    """SIGKILL of the deduplicator mid-stream, then a restart: no loss, no duplicate."""
+    n = 120_000
+    for g in range(3):
+        load_rows(topo, g, 0, n - 1)
+    proc = DedupProcess(topo.config(batch_rows=3000), tmp_path).start()
+    try:
+        wait_for(lambda: _count(topo) > 10_000, 60, "the first batches")
+        assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
+        assert _count(topo) < n, "killed too late to be mid-stream"
+        proc2 = DedupProcess(topo.config(batch_rows=3000), tmp_path).start()
+        try:
+            wait_for(lambda: _count(topo) == n, 120, "catch-up after restart")
+            assert proc2.kill(signal.SIGTERM) == 0
+        finally:
+            proc2.stop()
+    finally:
+        proc.stop()
+    _assert_exactly_once(topo, 0, n - 1)
+
+
+async def test_production_failover_to_synchronous_standby(topo: Topology) -> None:
+    """Primary killed, synchronous standby promoted, multi-host DSN: resumes by itself."""
+    standby = topo.production.create_standby(Path(tempfile.mkdtemp(prefix="kd-prod-sb-")))
+    try:
+        p, s = topo.production.port, standby.port
+        dsn = (
+            f"postgresql://dedup:writer-test-pw@127.0.0.1:{p},127.0.0.1:{s}/prod"
+            "?target_session_attrs=read-write"
+        )
+        cfg = topo.config(production={"dsn": dsn, "connect_timeout_s": 2})
+        for g in range(3):
+            load_rows(topo, g, 0, 4999)
+        async with running(cfg) as d:
+            await await_for(lambda: _exactly_once(topo, 0, 4999), 60, "first half synced")
+            topo.production.kill9()
+            for g in range(3):
+                load_rows(topo, g, 5000, 9999)
+            await asyncio.to_thread(standby.promote)
+            topo.production = standby  # reads below go to the new primary
+            await await_for(lambda: _exactly_once(topo, 0, 9999), 90, "resumed after failover")
+            health = await d.health()
+        assert health["production"] == "connected"
+        _assert_exactly_once(topo, 0, 9999)
+    finally:
+        standby.destroy()
+
+
+async def test_one_gatherer_down_others_keep_production_current(topo: Topology) -> None:
+    """One gatherer DB down: the others keep production current; it catches up on return."""
+    for g in range(3):
+        load_rows(topo, g, 0, 999)
+    async with running(topo.config()) as d:
+        await await_for(lambda: _exactly_once(topo, 0, 999), 30, "initial sync")
+        down = topo.gatherers[1]
+        down.kill9()
+        load_rows(topo, 0, 1000, 1999)
+        load_rows(topo, 2, 1000, 1999)
+        await await_for(lambda: _exactly_once(topo, 0, 1999), 30, "others keep production current")
+        health = await d.health()
+        assert health["gatherers"]["g2"]["status"] == "down"
+        assert health["status"] == "degraded"
+        await asyncio.to_thread(down.start)
+        # Rows only the returning gatherer has must arrive too.
+        load_rows(topo, 1, 2000, 2999)
+        await await_for(lambda: _exactly_once(topo, 0, 2999), 60, "the lost gatherer caught up")
+        await await_for(
+            lambda: d.syncs[1].status.up and d.syncs[1].breaker.state.value == "closed",
+            30,
+            "breaker closed again",
+        )
+    _assert_exactly_once(topo, 0, 2999)
+
+
+def test_only_the_leader_writes_and_standby_takes_over(topo: Topology, tmp_path: Path) -> None:
+    """Two deduplicators: one leads; kill it and the standby takes over within 10 s."""
+    for g in range(3):
+        load_rows(topo, g, 0, 1999)
+    a = DedupProcess(topo.config("dedup-a", http_port=_free()), tmp_path).start()
+    wait_for(lambda: _holder(topo) == "dedup-a", 30, "dedup-a to lead")
+    b = DedupProcess(topo.config("dedup-b", http_port=_free()), tmp_path).start()
+    try:
+        wait_for(lambda: _exactly_once(topo, 0, 1999), 60, "first sync")
+        assert _holder(topo) == "dedup-a"
+        assert "acquired the lease" not in b.output()
+        a.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: _holder(topo) == "dedup-b", 15, "dedup-b to take over")
+        took = time.monotonic() - killed_at
+        assert took < 10, f"takeover took {took:.1f} s"
+        for g in range(3):
+            load_rows(topo, g, 2000, 3999)
+        wait_for(lambda: _exactly_once(topo, 0, 3999), 60, "the new leader syncs")
+        assert b.kill(signal.SIGTERM) == 0
+    finally:
+        a.stop()
+        b.stop()
+    _assert_exactly_once(topo, 0, 3999)
+
+
+def _holder(topo: Topology) -> str | None:
+    with psycopg.connect(topo.prod_dsn(superuser=True)) as conn:
+        row = conn.execute("SELECT holder FROM dedup_lease WHERE name = 'dedup'").fetchone()
+    return None if row is None else row[0]
+
+
+def _free() -> int:
+    from kalshi_data.pgcluster import free_port  # noqa: PLC0415
+
+    return free_port()
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        ("password", "InvalidPasswordError"),
+        ("database", "InvalidCatalogNameError"),
+    ],
+)
+def test_permanent_errors_exit_nonzero_with_a_message(
+    topo: Topology, tmp_path: Path, breakage: str, expected: str
+) -> None:
+    """Wrong password or missing database: exit 1 naming the problem, no retry loop."""
+    dsn = topo.prod_dsn()
+    dsn = (
+        dsn.replace("writer-test-pw", "wrong")
+        if breakage == "password"
+        else dsn.replace("/prod", "/missing")
+    )
+    proc = DedupProcess(topo.config(production={"dsn": dsn}), tmp_path).start()
+    try:
+        assert proc.proc is not None
+        code = proc.proc.wait(30)
+    finally:
+        proc.stop()
+    out = proc.output()
+    assert code == 1
+    assert expected in out
+    assert "wrong" not in out  # the password never reaches the log
+
+
+async def test_rebuilt_gatherer_is_rescanned_not_skipped(topo: Topology, tmp_path: Path) -> None:
+    """A gatherer DB rebuilt (new system identifier, xids from scratch) is rescanned."""
+    from kalshi_data.migrate import migrate  # noqa: PLC0415
+    from kalshi_data.users import create_user  # noqa: PLC0415
+
+    cfg = topo.config(gatherers=[{"id": "g1", "dsn": topo.gatherer_dsn(0)}])
+    load_rows(topo, 0, 0, 2999)
+    # Burn xids so the old cursor is far ahead of the rebuilt cluster's fresh xids.
+    with psycopg.connect(topo.gatherer_dsn(0, superuser=True), autocommit=True) as conn:
+        for _ in range(300):
+            conn.execute("SELECT pg_current_xact_id()")
+    load_rows(topo, 0, 3000, 3999)
+    async with running(cfg):
+        await await_for(lambda: _exactly_once(topo, 0, 3999), 30, "initial sync")
+    old = topo.gatherers[0]
+    port = old.port
+    old.destroy()
+    rebuilt = PgCluster(tmp_path / "rebuilt", port=port)
+    rebuilt.init().start()
+    topo.gatherers[0] = rebuilt
+    rebuilt.create_database("gatherer")
+    migrate(rebuilt.dsn("gatherer"), "gatherer")
+    create_user(rebuilt.dsn("gatherer"), "dedup_reader", "reader", "reader-test-pw")
+    load_rows(topo, 0, 4000, 4999)  # new rows at low xids in the new cluster
+    async with running(cfg) as d:
+        await await_for(lambda: _exactly_once(topo, 0, 4999), 30, "rows of the rebuilt cluster")
+        assert d.metrics.cursor_rescans.labels("g1", "trades")._value.get() == 1
+
+
+async def test_health_endpoint_over_http(topo: Topology) -> None:
+    """/health, /ready and /metrics answer over real HTTP."""
+    from kalshi_data.pgcluster import free_port  # noqa: PLC0415
+
+    port = free_port()
+    load_rows(topo, 0, 0, 99)
+    async with running(topo.config(http_port=port)):
+        await await_for(lambda: _count(topo) == 100, 30, "sync")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/health") as r:
+                body = await r.json()
+                assert r.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/ready") as r:
+                assert r.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+    assert body["role"] == "leader"
+    assert set(body["gatherers"]) == {"g1", "g2", "g3"}
+    assert "dedup_sync_lag_seconds" in text
+    assert "writer-test-pw" not in str(body)
+    assert "writer-test-pw" not in text
