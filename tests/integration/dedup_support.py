@@ -224,12 +224,13 @@ class DedupProcess:
     def start(self) -> DedupProcess:
         """Launch the process."""
         env = dict(os.environ)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deduplicator", "--config", str(self.path)],
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deduplicator", "--config", str(self.path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         return self
 
     def kill(self, sig: int) -> int | None:
