@@ -149,7 +149,12 @@ def _write_day(
     tmin: datetime | None = None
     tmax: datetime | None = None
     tcol = schema.get_field_index(_time_column(spec))
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+    # A server-side cursor needs a transaction; REPEATABLE READ would not matter here: the day
+    # is settled, so no row for it is still being written.
+    with (
+        conn.transaction(),
+        pq.ParquetWriter(path, schema, compression="zstd") as writer,
+    ):
         for batch in _batches(conn, spec, lo, hi, schema):
             writer.write_batch(batch)
             rows += batch.num_rows

@@ -106,7 +106,7 @@ async def run_retention(
 
 
 def main(argv: list[str]) -> int:
-    """``kalshi-data retention --gatherer-dsn DSN --production-dsn DSN --gatherer-id g1 --keep 7d``."""
+    """``kalshi-data retention --gatherer-dsn D --production-dsn D --gatherer-id g1 --keep 7d``."""
     parser = argparse.ArgumentParser(prog="kalshi-data retention", description=__doc__)
     parser.add_argument("--gatherer-dsn", required=True, help="an owner of the gatherer tables")
     parser.add_argument("--production-dsn", required=True, help="read access to sync_cursors")

@@ -42,10 +42,10 @@ def _fill(dsn: str) -> None:
         conn.execute(
             "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
             "is_block_trade, suspect, received_at, gatherer_id) "
-            "SELECT md5('t' || i)::uuid, 'MKT-' || (i % 7), "
+            "SELECT md5('t' || i)::uuid, 'MKT-' || mod(i, 7), "
             "'2026-11-18 00:00+00'::timestamptz + (i / %s) * interval '1 day' "
-            "+ (i %% %s) * interval '1 second', 4200, 5800, 100 + i, false, false, now(), 'g1' "
-            "FROM generate_series(0, %s) AS i",
+            "+ mod(i, %s) * interval '1 second', 4200, 5800, 100 + i, false, false, now(), 'g1' "
+            "FROM generate_series(0, %s::int) AS i",
             (ROWS_PER_DAY, ROWS_PER_DAY, 3 * ROWS_PER_DAY - 1),
         )
 

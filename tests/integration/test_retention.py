@@ -36,7 +36,8 @@ async def test_unsynced_partitions_survive(shared_pg: PgCluster) -> None:
             sysid = conn.execute(
                 "SELECT system_identifier::text FROM pg_control_system()"
             ).fetchone()
-        assert row is not None and sysid is not None
+        assert row is not None
+        assert sysid is not None
         with psycopg.connect(prod, autocommit=True) as conn:
             for t in ("trades", "orderbook_deltas", "orderbook_snapshots", "tickers"):
                 xid, iid = (row[0], row[1]) if t == "trades" else ("0", 0)
