@@ -21,7 +21,7 @@ def main() -> int:
         started = time.perf_counter()
         try:
             importlib.import_module(f"bench.{name}").main()
-        except Exception as exc:  # noqa: BLE001 (report and go on with the other benchmarks)
+        except Exception as exc:
             failed += 1
             print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)
         print(f"({name}: {time.perf_counter() - started:.1f} s)", flush=True)

@@ -69,8 +69,9 @@ def _classify_one(exc: BaseException) -> ErrorClass | None:
     if module.startswith("asyncpg") and name in {
         "ConnectionDoesNotExistError",
         "InterfaceError",
-        "InternalClientError",
         "ConnectionFailureError",
+        # No host of a multi-host DSN is writable yet: the middle of a failover.
+        "TargetServerAttributeNotMatched",
     }:
         return ErrorClass.RETRYABLE
     if module.startswith("psycopg") and name in {"OperationalError", "InterfaceError"}:
