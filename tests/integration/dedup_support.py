@@ -142,7 +142,7 @@ def load_rows(
 
 def expected_trades(lo: int, hi: int) -> set[str]:
     """The trade ids of indexes lo..hi."""
-    import hashlib  # noqa: PLC0415
+    import hashlib
 
     out = set()
     for i in range(lo, hi + 1):

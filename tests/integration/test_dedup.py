@@ -262,7 +262,7 @@ def _holder(topo: Topology) -> str | None:
 
 
 def _free() -> int:
-    from kalshi_data.pgcluster import free_port  # noqa: PLC0415
+    from kalshi_data.pgcluster import free_port
 
     return free_port()
 
@@ -298,8 +298,8 @@ def test_permanent_errors_exit_nonzero_with_a_message(
 
 async def test_rebuilt_gatherer_is_rescanned_not_skipped(topo: Topology, tmp_path: Path) -> None:
     """A gatherer DB rebuilt (new system identifier, xids from scratch) is rescanned."""
-    from kalshi_data.migrate import migrate  # noqa: PLC0415
-    from kalshi_data.users import create_user  # noqa: PLC0415
+    from kalshi_data.migrate import migrate
+    from kalshi_data.users import create_user
 
     cfg = topo.config(gatherers=[{"id": "g1", "dsn": topo.gatherer_dsn(0)}])
     load_rows(topo, 0, 0, 2999)
@@ -327,7 +327,7 @@ async def test_rebuilt_gatherer_is_rescanned_not_skipped(topo: Topology, tmp_pat
 
 async def test_health_endpoint_over_http(topo: Topology) -> None:
     """/health, /ready and /metrics answer over real HTTP."""
-    from kalshi_data.pgcluster import free_port  # noqa: PLC0415
+    from kalshi_data.pgcluster import free_port
 
     port = free_port()
     load_rows(topo, 0, 0, 99)
