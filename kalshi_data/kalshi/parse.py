@@ -1,0 +1,522 @@
+"""Frames and REST objects into typed records, or a dead letter with a reason; never an exception.
+
+Two steps for WebSocket frames (kalshi-protocol.md §3.2):
+
+1. :func:`decode_frame`: size limit, orjson decode (``NaN``/``Infinity`` are not JSON and are
+   rejected; duplicate keys keep the last value; nesting is bounded by orjson), envelope checks
+   (``type``, ``id``, ``sid``, ``seq``) -> :class:`Frame`;
+2. :func:`parse_data`: the ``msg`` of a data frame -> a record from :mod:`kalshi_data.records`.
+
+The split lets :mod:`.wsproto` track sequence numbers from a sound envelope even when the payload
+is bad (a bad payload is a dead letter, not a gap). :func:`parse_frame` does both.
+
+REST objects (§4) go through :func:`market_from_rest`, :func:`event_from_rest`,
+:func:`series_from_rest`, :func:`trade_from_rest` and :func:`orderbook_from_rest`.
+
+Validation: exact fixed point (:mod:`.fixedpoint`), prices within [0, 1] $, counts bounded,
+tickers matching :data:`TICKER_RE`, uuids parsed, strings and arrays bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from kalshi_data.kalshi.fixedpoint import (
+    exchange_ts_us,
+    parse_count,
+    parse_price,
+    rfc3339_to_us,
+    s_to_us,
+)
+from kalshi_data.records import (
+    DeltaRec,
+    EventRec,
+    LifecycleKind,
+    LifecycleRec,
+    MarketRec,
+    Record,
+    SeriesRec,
+    SnapshotRec,
+    TickerRec,
+    TradeRec,
+    canonical_json,
+)
+
+#: Largest accepted frame (the websockets default ``max_size``, reliability-notes §7).
+MAX_FRAME_BYTES = 1 << 20
+#: Largest number of price levels per book side (a price grid of 0.0001 $ has 10,001 levels).
+MAX_LEVELS = 10_001
+#: Largest accepted short string field (sides, statuses, event types).
+MAX_SHORT_STR = 64
+#: Tickers as Kalshi writes them (upper case; examples in kalshi-protocol.md §3.5-3.10).
+TICKER_RE = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,127}")
+#: A dead letter keeps at most this many raw bytes.
+MAX_DEAD_LETTER_BYTES = MAX_FRAME_BYTES
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Input that could not become a record: why, and the raw bytes (for ``dead_letters``)."""
+
+    reason: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded server frame's envelope (§3.2); ``msg`` is the undecoded payload value."""
+
+    type: str
+    id: int | None
+    sid: int | None
+    seq: int | None
+    msg: Any
+    raw: bytes
+
+
+class _Reject(Exception):  # internal control flow, never escapes
+    """A validation failure; its message becomes the dead letter's reason."""
+
+
+def _to_bytes(raw: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")
+    return bytes(raw)
+
+
+def _dead(reason: str, raw: bytes) -> DeadLetter:
+    return DeadLetter(reason[:500], raw[:MAX_DEAD_LETTER_BYTES])
+
+
+# -- field readers: raise _Reject with a reason naming the field -----------------------------
+
+
+def _opt_int(obj: dict[str, Any], key: str, *, lo: int = 0, hi: int = _INT64_MAX) -> int | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Reject(f"{key} must be an integer")
+    if not lo <= v <= hi:
+        raise _Reject(f"{key} out of range")
+    return v
+
+
+def _req_int(obj: dict[str, Any], key: str, *, lo: int, hi: int) -> int:
+    v = _opt_int(obj, key, lo=lo, hi=hi)
+    if v is None:
+        raise _Reject(f"{key} missing")
+    return v
+
+
+def _opt_str(obj: dict[str, Any], key: str, max_len: int = MAX_SHORT_STR) -> str | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise _Reject(f"{key} must be a string")
+    if len(v) > max_len:
+        raise _Reject(f"{key} longer than {max_len}")
+    return v
+
+
+def _req_str(obj: dict[str, Any], key: str, max_len: int = MAX_SHORT_STR) -> str:
+    v = _opt_str(obj, key, max_len)
+    if v is None:
+        raise _Reject(f"{key} missing")
+    return v
+
+
+def _ticker(obj: dict[str, Any], key: str) -> str:
+    v = obj.get(key)
+    if not isinstance(v, str):
+        raise _Reject(f"{key} missing" if v is None else f"{key} must be a string")
+    if TICKER_RE.fullmatch(v) is None:
+        raise _Reject(f"{key} {v[:40]!r} is not a valid ticker")
+    return v
+
+
+def _opt_uuid(obj: dict[str, Any], key: str) -> uuid.UUID | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) > 45:
+        raise _Reject(f"{key} must be a uuid string")
+    try:
+        return uuid.UUID(v)
+    except ValueError:
+        raise _Reject(f"{key} is not a uuid") from None
+
+
+def _req_uuid(obj: dict[str, Any], key: str) -> uuid.UUID:
+    v = _opt_uuid(obj, key)
+    if v is None:
+        raise _Reject(f"{key} missing")
+    return v
+
+
+def _price(obj: dict[str, Any], key: str) -> int:
+    v = obj.get(key)
+    if v is None:
+        raise _Reject(f"{key} missing")
+    try:
+        return parse_price(v)
+    except ValueError as exc:
+        raise _Reject(f"{key}: {exc}") from None
+
+
+def _opt_price(obj: dict[str, Any], key: str) -> int | None:
+    """A price that may be ``""`` or absent (no trade yet on a ticker, §3.6)."""
+    v = obj.get(key)
+    if v is None or v == "":
+        return None
+    return _price(obj, key)
+
+
+def _count(obj: dict[str, Any], key: str, *, signed: bool = False) -> int:
+    v = obj.get(key)
+    if v is None:
+        raise _Reject(f"{key} missing")
+    try:
+        return parse_count(v, signed=signed)
+    except ValueError as exc:
+        raise _Reject(f"{key}: {exc}") from None
+
+
+def _bool(obj: dict[str, Any], key: str, default: bool) -> bool:
+    v = obj.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _Reject(f"{key} must be a boolean")
+    return v
+
+
+def _ts(msg: dict[str, Any]) -> int | None:
+    try:
+        return exchange_ts_us(msg)
+    except ValueError as exc:
+        raise _Reject(str(exc)) from None
+
+
+def _req_ts(msg: dict[str, Any]) -> int:
+    ts = _ts(msg)
+    if ts is None:
+        raise _Reject("no ts_ms, ts or time")
+    return ts
+
+
+def _levels(obj: dict[str, Any], key: str) -> tuple[tuple[int, int], ...]:
+    """A book side ``[[price_str, count_str], ...]``: sorted ascending, zero levels dropped."""
+    v = obj.get(key)
+    if v is None:
+        return ()  # a side's key is omitted when that side is empty (§3.5)
+    if not isinstance(v, list):
+        raise _Reject(f"{key} must be an array")
+    if len(v) > MAX_LEVELS:
+        raise _Reject(f"{key} has more than {MAX_LEVELS} levels")
+    book: dict[int, int] = {}
+    for level in v:
+        if not isinstance(level, list) or len(level) != 2:
+            raise _Reject(f"{key} level must be [price, count]")
+        try:
+            price = parse_price(level[0])
+            count = parse_count(level[1])
+        except ValueError as exc:
+            raise _Reject(f"{key}: {exc}") from None
+        if price in book:
+            raise _Reject(f"{key} repeats price level {price}")
+        book[price] = count
+    return tuple(sorted((p, c) for p, c in book.items() if c != 0))
+
+
+def _side(msg: dict[str, Any], key: str) -> str:
+    v = _req_str(msg, key)
+    if v not in {"yes", "no"}:
+        raise _Reject(f"{key} must be yes or no")
+    return v
+
+
+# -- WebSocket data messages (§3.5-3.10) -----------------------------------------------------
+
+
+def _snapshot(msg: dict[str, Any], sid: int | None, seq: int | None) -> SnapshotRec:
+    return SnapshotRec(
+        ticker=_ticker(msg, "market_ticker"),
+        market_id=_opt_uuid(msg, "market_id"),
+        source="ws",
+        yes=_levels(msg, "yes_dollars_fp"),
+        no=_levels(msg, "no_dollars_fp"),
+        sid=sid,
+        seq=seq,
+    )
+
+
+def _delta(msg: dict[str, Any], sid: int | None, seq: int | None) -> DeltaRec:
+    delta = _count(msg, "delta_fp", signed=True)
+    if delta == 0:
+        raise _Reject("delta_fp is zero")
+    return DeltaRec(
+        ticker=_ticker(msg, "market_ticker"),
+        market_id=_opt_uuid(msg, "market_id"),
+        exchange_ts_us=_ts(msg),
+        side=_side(msg, "side"),
+        price=_price(msg, "price_dollars"),
+        delta=delta,
+        sid=sid,
+        seq=seq,
+    )
+
+
+def _trade(msg: dict[str, Any], sid: int | None, seq: int | None, ticker_key: str) -> TradeRec:
+    if "ts_ms" not in msg and "ts" not in msg and "created_time" in msg:
+        ts = _rfc3339(msg, "created_time")  # REST trades (§4)
+    else:
+        ts = _req_ts(msg)
+    return TradeRec(
+        trade_id=_req_uuid(msg, "trade_id"),
+        ticker=_ticker(msg, ticker_key),
+        exchange_ts_us=ts,
+        yes_price=_price(msg, "yes_price_dollars"),
+        no_price=_price(msg, "no_price_dollars"),
+        count=_count(msg, "count_fp"),
+        taker_outcome_side=_opt_str(msg, "taker_outcome_side"),
+        taker_book_side=_opt_str(msg, "taker_book_side"),
+        taker_side=_opt_str(msg, "taker_side"),
+        is_block_trade=_bool(msg, "is_block_trade", default=False),
+        sid=sid,
+        seq=seq,
+    )
+
+
+def _ws_trade(msg: dict[str, Any], sid: int | None, seq: int | None) -> TradeRec:
+    return _trade(msg, sid, seq, "market_ticker")
+
+
+_DOLLARS_BOUND = 10**15
+
+
+def _ticker_msg(msg: dict[str, Any], sid: int | None, seq: int | None) -> TickerRec:
+    del seq  # ticker frames carry no seq (§3.4)
+    return TickerRec(
+        ticker=_ticker(msg, "market_ticker"),
+        market_id=_opt_uuid(msg, "market_id"),
+        exchange_ts_us=_req_ts(msg),
+        price=_opt_price(msg, "price_dollars"),
+        yes_bid=_opt_price(msg, "yes_bid_dollars"),
+        yes_ask=_opt_price(msg, "yes_ask_dollars"),
+        volume=_count(msg, "volume_fp"),
+        open_interest=_count(msg, "open_interest_fp"),
+        dollar_volume=_req_int(msg, "dollar_volume", lo=-_DOLLARS_BOUND, hi=_DOLLARS_BOUND),
+        dollar_open_interest=_req_int(
+            msg, "dollar_open_interest", lo=-_DOLLARS_BOUND, hi=_DOLLARS_BOUND
+        ),
+        yes_bid_size=_count(msg, "yes_bid_size_fp"),
+        yes_ask_size=_count(msg, "yes_ask_size_fp"),
+        last_trade_size=_count(msg, "last_trade_size_fp"),
+        sid=sid,
+    )
+
+
+def _lifecycle(
+    kind: LifecycleKind, ticker_key: str, event_type: str | None
+) -> Callable[[dict[str, Any], int | None, int | None], LifecycleRec]:
+    def parse(msg: dict[str, Any], sid: int | None, seq: int | None) -> LifecycleRec:
+        return LifecycleRec(
+            kind=kind,
+            ticker=_ticker(msg, ticker_key),
+            event_type=event_type or _req_str(msg, "event_type"),
+            payload=canonical_json(msg),
+            sid=sid,
+            seq=seq,
+        )
+
+    return parse
+
+
+_DataParser = Callable[[dict[str, Any], int | None, int | None], Record]
+
+#: Data frame types this collector records, with their parsers.
+DATA_PARSERS: dict[str, _DataParser] = {
+    "orderbook_snapshot": _snapshot,
+    "orderbook_delta": _delta,
+    "trade": _ws_trade,
+    "ticker": _ticker_msg,
+    "market_lifecycle_v2": _lifecycle("market", "market_ticker", None),
+    "event_lifecycle": _lifecycle("event", "event_ticker", "event_lifecycle"),
+    "event_fee_update": _lifecycle("fee", "event_ticker", "event_fee_update"),
+}
+#: Server replies to commands (§3.2); every other type is data.
+CONTROL_TYPES = frozenset({"subscribed", "unsubscribed", "ok", "error"})
+
+
+def decode_frame(raw: bytes | bytearray | memoryview | str) -> Frame | DeadLetter:
+    """Decode a server frame's JSON and check its envelope; never raises."""
+    try:
+        data = _to_bytes(raw)
+    except Exception as exc:  # never raise: bad input is a dead letter
+        return _dead(f"undecodable frame: {type(exc).__name__}", b"")
+    ftype = "frame"
+    try:
+        if len(data) > MAX_FRAME_BYTES:
+            return _dead(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}", data)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return _dead(f"invalid JSON: {exc}", data)
+        if not isinstance(obj, dict):
+            return _dead("frame is not a JSON object", data)
+        wire_type = obj.get("type")
+        if not isinstance(wire_type, str) or not wire_type or len(wire_type) > MAX_SHORT_STR:
+            return _dead("frame has no valid type", data)
+        ftype = wire_type
+        return Frame(
+            type=ftype,
+            id=_opt_int(obj, "id"),
+            sid=_opt_int(obj, "sid"),
+            seq=_opt_int(obj, "seq"),
+            msg=obj.get("msg"),
+            raw=data,
+        )
+    except _Reject as exc:
+        return _dead(f"{ftype}: {exc}", data)
+    except Exception as exc:  # never crash the loop on input (DESIGN §4.5)
+        return _dead(f"internal parser error: {type(exc).__name__}", data)
+
+
+def parse_data(frame: Frame) -> Record | DeadLetter:
+    """The record carried by a data frame, or a dead letter; never raises."""
+    parser = DATA_PARSERS.get(frame.type)
+    if parser is None:
+        return _dead(f"unsupported message type {frame.type[:40]!r}", frame.raw)
+    if not isinstance(frame.msg, dict):
+        return _dead(f"{frame.type}: msg is not an object", frame.raw)
+    try:
+        return parser(frame.msg, frame.sid, frame.seq)
+    except _Reject as exc:
+        return _dead(f"{frame.type}: {exc}", frame.raw)
+    except Exception as exc:  # never crash the loop on input (DESIGN §4.5)
+        return _dead(f"{frame.type}: internal parser error: {type(exc).__name__}", frame.raw)
+
+
+def parse_frame(raw: bytes | bytearray | memoryview | str) -> Record | Frame | DeadLetter:
+    """One step: a record for a data frame, the :class:`Frame` for a control frame, or a dead
+    letter; never raises."""
+    frame = decode_frame(raw)
+    if isinstance(frame, DeadLetter) or frame.type in CONTROL_TYPES:
+        return frame
+    return parse_data(frame)
+
+
+# -- REST objects (§4) -----------------------------------------------------------------------
+
+
+def _rfc3339(obj: dict[str, Any], key: str) -> int:
+    try:
+        return rfc3339_to_us(obj.get(key))
+    except ValueError as exc:
+        raise _Reject(f"{key}: {exc}") from None
+
+
+def _updated(obj: dict[str, Any], key: str) -> int | None:
+    """An optional update time (RFC 3339 or Unix seconds); unparseable means unknown."""
+    v = obj.get(key)
+    try:
+        if isinstance(v, str):
+            return rfc3339_to_us(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return s_to_us(v)
+    except ValueError:
+        return None
+    return None
+
+
+def _rest(build: Callable[[dict[str, Any]], Any], what: str, obj: Any) -> Any:
+    try:
+        if not isinstance(obj, dict):
+            raise _Reject("not an object")  # noqa: TRY301 (one reporting path for all rejects)
+        return build(obj)
+    except Exception as exc:  # bad input becomes a dead letter
+        try:
+            raw = orjson.dumps(obj)
+        except Exception:  # unserialisable: keep its repr
+            raw = repr(obj)[:MAX_DEAD_LETTER_BYTES].encode("utf-8", "replace")
+        detail = str(exc) if isinstance(exc, _Reject) else f"internal: {type(exc).__name__}"
+        return _dead(f"rest {what}: {detail}", raw)
+
+
+def _market(obj: dict[str, Any]) -> MarketRec:
+    return MarketRec(
+        ticker=_ticker(obj, "ticker"),
+        event_ticker=_ticker(obj, "event_ticker"),
+        status=_req_str(obj, "status"),
+        updated_time_us=_updated(obj, "updated_time"),
+        data=canonical_json(obj),
+    )
+
+
+def market_from_rest(obj: Any) -> MarketRec | DeadLetter:
+    """A ``/markets`` item."""
+    out: MarketRec | DeadLetter = _rest(_market, "market", obj)
+    return out
+
+
+def _event(obj: dict[str, Any]) -> EventRec:
+    data = {k: v for k, v in obj.items() if k != "markets"}
+    return EventRec(
+        event_ticker=_ticker(obj, "event_ticker"),
+        series_ticker=_ticker(obj, "series_ticker"),
+        updated_time_us=_updated(obj, "last_updated_ts"),
+        data=canonical_json(data),
+    )
+
+
+def event_from_rest(obj: Any) -> EventRec | DeadLetter:
+    """An ``/events`` item (nested ``markets`` are left out of ``data``)."""
+    out: EventRec | DeadLetter = _rest(_event, "event", obj)
+    return out
+
+
+def _series(obj: dict[str, Any]) -> SeriesRec:
+    return SeriesRec(
+        ticker=_ticker(obj, "ticker"),
+        updated_time_us=_updated(obj, "last_updated_ts"),
+        data=canonical_json(obj),
+    )
+
+
+def series_from_rest(obj: Any) -> SeriesRec | DeadLetter:
+    """A ``/series`` item."""
+    out: SeriesRec | DeadLetter = _rest(_series, "series", obj)
+    return out
+
+
+def trade_from_rest(obj: Any) -> TradeRec | DeadLetter:
+    """A ``/markets/trades`` item (time from ``ts_ms`` when present, else ``created_time``)."""
+    out: TradeRec | DeadLetter = _rest(lambda o: _trade(o, None, None, "ticker"), "trade", obj)
+    return out
+
+
+def orderbook_from_rest(ticker: str, orderbook_fp: Any) -> SnapshotRec | DeadLetter:
+    """A REST ``orderbook_fp`` object (``yes_dollars``/``no_dollars``) as a ``rest`` snapshot."""
+
+    def build(obj: dict[str, Any]) -> SnapshotRec:
+        if TICKER_RE.fullmatch(ticker) is None:
+            raise _Reject(f"ticker {ticker[:40]!r} is not a valid ticker")
+        return SnapshotRec(
+            ticker=ticker,
+            market_id=None,
+            source="rest",
+            yes=_levels(obj, "yes_dollars"),
+            no=_levels(obj, "no_dollars"),
+        )
+
+    out: SnapshotRec | DeadLetter = _rest(build, "orderbook", orderbook_fp)
+    return out
