@@ -59,6 +59,39 @@ TICKER_RE = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,127}")
 #: A dead letter keeps at most this many raw bytes.
 MAX_DEAD_LETTER_BYTES = MAX_FRAME_BYTES
 _INT64_MAX = 2**63 - 1
+#: Entries per memo table below (prices, counts and market ids repeat endlessly on the wire).
+_MEMO_MAX = 65_536
+_price_memo: dict[str, int] = {}
+_count_memo: dict[str, int] = {}
+_signed_memo: dict[str, int] = {}
+_uuid_memo: dict[str, uuid.UUID] = {}
+
+
+def _memo_price(v: object) -> int:
+    """parse_price with a bounded memo (only valid strings are remembered)."""
+    if type(v) is str:
+        hit = _price_memo.get(v)
+        if hit is not None:
+            return hit
+        out = parse_price(v)
+        if len(_price_memo) < _MEMO_MAX:
+            _price_memo[v] = out
+        return out
+    return parse_price(v)  # type: ignore[arg-type]  # raises the reasoned ValueError
+
+
+def _memo_count(v: object, signed: bool) -> int:
+    """parse_count with a bounded memo per signedness."""
+    memo = _signed_memo if signed else _count_memo
+    if type(v) is str:
+        hit = memo.get(v)
+        if hit is not None:
+            return hit
+        out = parse_count(v, signed=signed)
+        if len(memo) < _MEMO_MAX:
+            memo[v] = out
+        return out
+    return parse_count(v, signed=signed)  # type: ignore[arg-type]  # raises ValueError
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +135,8 @@ def _opt_int(obj: dict[str, Any], key: str, *, lo: int = 0, hi: int = _INT64_MAX
     v = obj.get(key)
     if v is None:
         return None
+    if type(v) is int and lo <= v <= hi:  # the common case, first
+        return v
     if isinstance(v, bool) or not isinstance(v, int):
         raise _Reject(f"{key} must be an integer")
     if not lo <= v <= hi:
@@ -149,10 +184,16 @@ def _opt_uuid(obj: dict[str, Any], key: str) -> uuid.UUID | None:
         return None
     if not isinstance(v, str) or len(v) > 45:
         raise _Reject(f"{key} must be a uuid string")
+    hit = _uuid_memo.get(v)
+    if hit is not None:
+        return hit
     try:
-        return uuid.UUID(v)
+        out = uuid.UUID(v)
     except ValueError:
         raise _Reject(f"{key} is not a uuid") from None
+    if key == "market_id" and len(_uuid_memo) < _MEMO_MAX:
+        _uuid_memo[v] = out  # market ids repeat; trade ids never do
+    return out
 
 
 def _req_uuid(obj: dict[str, Any], key: str) -> uuid.UUID:
@@ -167,7 +208,7 @@ def _price(obj: dict[str, Any], key: str) -> int:
     if v is None:
         raise _Reject(f"{key} missing")
     try:
-        return parse_price(v)
+        return _memo_price(v)
     except ValueError as exc:
         raise _Reject(f"{key}: {exc}") from None
 
@@ -185,7 +226,7 @@ def _count(obj: dict[str, Any], key: str, *, signed: bool = False) -> int:
     if v is None:
         raise _Reject(f"{key} missing")
     try:
-        return parse_count(v, signed=signed)
+        return _memo_count(v, signed)
     except ValueError as exc:
         raise _Reject(f"{key}: {exc}") from None
 
@@ -227,8 +268,8 @@ def _levels(obj: dict[str, Any], key: str) -> tuple[tuple[int, int], ...]:
         if not isinstance(level, list) or len(level) != 2:
             raise _Reject(f"{key} level must be [price, count]")
         try:
-            price = parse_price(level[0])
-            count = parse_count(level[1])
+            price = _memo_price(level[0])
+            count = _memo_count(level[1], False)
         except ValueError as exc:
             raise _Reject(f"{key}: {exc}") from None
         if price in book:
