@@ -1,0 +1,105 @@
+"""Server→client frame bytes (kalshi-protocol.md §3.2): envelopes, replies, errors, bad frames.
+
+A data frame's ``msg`` is serialised once per event; :func:`data_frame` wraps those bytes in a
+per-subscriber envelope (``sid``/``seq`` differ per subscriber, the ``msg`` bytes do not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+#: Frame types that carry a per-sid ``seq`` (§3.4). ``ticker`` has none.
+SEQUENCED = frozenset(
+    {"orderbook_snapshot", "orderbook_delta", "trade", "market_lifecycle_v2", "event_lifecycle"}
+)
+
+#: Error code -> message text (§3.2).
+ERRORS: dict[int, str] = {
+    1: "Unable to process message",
+    2: "Params required",
+    3: "Channels required",
+    4: "Subscription IDs required",
+    5: "Unknown command",
+    7: "Unknown subscription ID",
+    8: "Unknown channel name",
+    9: "Authentication required",
+    10: "Channel error",
+    11: "Invalid parameter",
+    12: "Exactly one subscription ID is required",
+    13: "Unsupported action",
+    14: "Market Ticker required",
+    15: "Action required",
+    25: "Subscription buffer overflow",
+    26: "Subscription market limit exceeded",
+}
+
+MALFORMED_KINDS = ("invalid_json", "missing_field", "bad_price", "unknown_type")
+
+_PREFIX: dict[str, bytes] = {}
+
+
+def prefix(frame_type: str) -> bytes:
+    """``{"type":"<t>","sid":`` — the fixed start of every data frame of that type."""
+    p = _PREFIX.get(frame_type)
+    if p is None:
+        p = _PREFIX[frame_type] = b'{"type":"%b","sid":' % frame_type.encode()
+    return p
+
+
+def data_frame(frame_type: str, sid: int, seq: int | None, msg: bytes, cmd_id: int = 0) -> bytes:
+    """One data frame; ``seq`` None for unsequenced types; ``cmd_id`` echoes get_snapshot."""
+    head = (
+        b'{"id":%d,"type":"%b","sid":' % (cmd_id, frame_type.encode())
+        if cmd_id
+        else prefix(frame_type)
+    )
+    if seq is None:
+        return b'%b%d,"msg":%b}' % (head, sid, msg)
+    return b'%b%d,"seq":%d,"msg":%b}' % (head, sid, seq, msg)
+
+
+def reply(frame_type: str, cmd_id: int, **fields: Any) -> bytes:
+    """A command reply (``subscribed``, ``ok``, ``unsubscribed``) with ``id`` when non-zero."""
+    obj: dict[str, Any] = {"id": cmd_id} if cmd_id else {}
+    obj["type"] = frame_type
+    obj.update({k: v for k, v in fields.items() if v is not None})
+    return orjson.dumps(obj)
+
+
+def error(code: int, cmd_id: int = 0, sid: int | None = None, **extra: Any) -> bytes:
+    """``{"id":..,"type":"error","msg":{"code":c,"msg":text}}`` (§3.2)."""
+    obj: dict[str, Any] = {"id": cmd_id} if cmd_id else {}
+    if sid is not None:
+        obj["sid"] = sid
+    obj["type"] = "error"
+    obj["msg"] = {"code": code, "msg": ERRORS.get(code, "Error"), **extra}
+    return orjson.dumps(obj)
+
+
+def malformed(kind: str, frame_type: str, sid: int, seq: int | None, msg: dict[str, Any]) -> bytes:
+    """A deliberately broken data frame of ``kind`` (one of :data:`MALFORMED_KINDS`).
+
+    ``invalid_json`` cuts the frame in half; ``missing_field`` drops a required msg field
+    (``price_dollars`` on deltas, else the first field); ``bad_price`` puts ``"1.2500"`` (above
+    one dollar) in every price field; ``unknown_type`` renames the frame type.
+    """
+    body = dict(msg)
+    if kind == "invalid_json":
+        whole = data_frame(frame_type, sid, seq, orjson.dumps(body))
+        return whole[: len(whole) // 2]
+    if kind == "missing_field":
+        victim = "price_dollars" if "price_dollars" in body else next(iter(body), None)
+        if victim is not None:
+            body.pop(victim)
+    elif kind == "bad_price":
+        for key in list(body):
+            if key.endswith("_dollars") and isinstance(body[key], str):
+                body[key] = "1.2500"
+        body.setdefault("price_dollars", "1.2500")
+    elif kind == "unknown_type":
+        frame_type = "mystery_frame"
+    else:
+        raise ValueError(f"unknown malformed kind {kind!r}")
+    return data_frame(frame_type, sid, seq, orjson.dumps(body))

@@ -1,0 +1,112 @@
+"""Fan-out: route each emitted event to the subscriptions that want it, once-serialised.
+
+Each event's ``msg`` is serialised once (orjson); every subscriber gets its own small envelope
+around those bytes. The same bytes go to the truth log, so the truth holds the msg exactly as
+sent. Routing tables are rebuilt lazily after any subscription change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+
+from simulator.config import SimConfig
+from simulator.frames import SEQUENCED
+from simulator.market import Emitted, Exchange
+
+if TYPE_CHECKING:
+    from simulator.session import Session, Sub
+    from simulator.truth import TruthLog
+
+#: Frame type -> the channel that carries it (§3.10: event_lifecycle rides market_lifecycle_v2).
+CHANNEL_OF = {
+    "orderbook_delta": "orderbook_delta",
+    "trade": "trade",
+    "ticker": "ticker",
+    "market_lifecycle_v2": "market_lifecycle_v2",
+    "event_lifecycle": "market_lifecycle_v2",
+}
+
+
+def wall_ms() -> int:
+    """Wall-clock Unix milliseconds (data timestamps only)."""
+    return time.time_ns() // 1_000_000
+
+
+class Hub:
+    """Sessions, routing tables, the event counter and the truth sink."""
+
+    def __init__(
+        self,
+        config: SimConfig,
+        exchange: Exchange,
+        truth: TruthLog | None = None,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.config = config
+        self.exchange = exchange
+        self.truth = truth
+        self.now_ms = now_ms
+        self.sessions: dict[int, Session] = {}
+        self.events: Counter[str] = Counter()
+        self.frames_out = 0
+        self._dirty = True
+        self._all: dict[str, list[Sub]] = {}
+        self._by_ticker: dict[str, dict[str, list[Sub]]] = {}
+
+    def routes_changed(self) -> None:
+        """A subscription changed: rebuild the routing tables before the next event."""
+        self._dirty = True
+
+    def _rebuild(self) -> None:
+        all_subs: dict[str, list[Sub]] = {c: [] for c in set(CHANNEL_OF.values())}
+        by_ticker: dict[str, dict[str, list[Sub]]] = {c: {} for c in all_subs}
+        for session in self.sessions.values():
+            for sub in session.subs.values():
+                if sub.channel not in all_subs:
+                    continue
+                if sub.tickers is None:
+                    all_subs[sub.channel].append(sub)
+                else:
+                    table = by_ticker[sub.channel]
+                    for t in sub.tickers:
+                        table.setdefault(t, []).append(sub)
+        self._all, self._by_ticker = all_subs, by_ticker
+        self._dirty = False
+
+    def publish(self, batch: list[Emitted]) -> None:
+        """Serialise, log to truth and fan out every event of ``batch`` in order."""
+        if self._dirty:
+            self._rebuild()
+        truth = self.truth
+        events = self.events
+        for frame_type, ticker, msg in batch:
+            body = orjson.dumps(msg)
+            events[frame_type] += 1
+            if truth is not None:
+                truth.append(frame_type, body)
+            channel = CHANNEL_OF[frame_type]
+            sequenced = frame_type in SEQUENCED
+            for sub in self._all[channel]:
+                sub.deliver(frame_type, body, sequenced)
+            if ticker is not None:
+                subs = self._by_ticker[channel].get(ticker)
+                if subs:
+                    for sub in subs:
+                        sub.deliver(frame_type, body, sequenced)
+            if self._dirty:  # error 25 killed subscriptions mid-batch
+                self._rebuild()
+
+    def add(self, session: Session) -> None:
+        """Register a new connection."""
+        self.sessions[session.conn_id] = session
+
+    def remove(self, session: Session) -> None:
+        """Forget a closed connection."""
+        session.close()
+        self.sessions.pop(session.conn_id, None)
+        self._dirty = True
