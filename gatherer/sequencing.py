@@ -147,6 +147,21 @@ class GapBook:
         """``market`` left the subscription (closed): stop waiting for its snapshot."""
         return self.snapshot(market)
 
+    def forget_gap(self, gap_id: uuid.UUID) -> OpenGap | None:
+        """Close a gap without snapshots (nothing to resync): its markets stop being suspect
+        unless another open gap covers them."""
+        gap = self._gaps.pop(gap_id, None)
+        if gap is None:
+            return None
+        for m in gap.pending:
+            left = self._suspect.get(m, 0) - 1
+            if left > 0:
+                self._suspect[m] = left
+            else:
+                self._suspect.pop(m, None)
+        gap.pending.clear()
+        return gap
+
     def set_how(self, gap_id: uuid.UUID, how: str) -> None:
         """Change how an open gap is being resynced (e.g. get_snapshot failed: resubscribe)."""
         gap = self._gaps.get(gap_id)

@@ -1,0 +1,176 @@
+"""Records in, rows out: the one place that turns protocol events into table rows.
+
+Shared by every connection of the process (the occurrence index and the gap book must see the
+whole stream, across reconnects; each market is on exactly one connection, DESIGN §3). No
+sockets here: rows go to a ``put(table, row)`` callable (the :class:`~gatherer.writer.Writer`
+in the service, a list in unit tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from gatherer.sequencing import GapBook, OccurrenceIndex, OpenGap, gap_row
+from kalshi_data.kalshi.parse import DeadLetter
+from kalshi_data.records import (
+    DeltaRec,
+    LifecycleRec,
+    Record,
+    SnapshotRec,
+    TickerRec,
+    TradeRec,
+)
+
+log = logging.getLogger(__name__)
+
+Put = Callable[[str, tuple[Any, ...]], None]
+
+#: Frame type -> the channel it arrives on (metric label, gap rows).
+CHANNEL_OF_TYPE: dict[str, str] = {
+    "orderbook_snapshot": "orderbook_delta",
+    "orderbook_delta": "orderbook_delta",
+    "trade": "trade",
+    "ticker": "ticker",
+    "market_lifecycle_v2": "market_lifecycle_v2",
+    "event_lifecycle": "market_lifecycle_v2",
+    "event_fee_update": "market_lifecycle_v2",
+}
+
+
+def now_us() -> int:
+    """Wall-clock microseconds since the Unix epoch (data timestamps only)."""
+    return time.time_ns() // 1000
+
+
+class Ingest:
+    """Turns records into rows, assigns ``k``, marks suspect rows, writes gap and dead-letter rows.
+
+    Attributes:
+        occurrences: the process-wide delta occurrence index (k).
+        gaps: open gaps and suspect markets.
+        messages: data frames per channel since the last :meth:`take_counts`.
+        last_data_mono: ``time.monotonic()`` of the last data frame (0 before the first).
+    """
+
+    def __init__(
+        self,
+        put: Put,
+        *,
+        on_lifecycle: Callable[[LifecycleRec], None] | None = None,
+        on_gap_recovered: Callable[[OpenGap], None] | None = None,
+    ) -> None:
+        self._put = put
+        self.on_lifecycle = on_lifecycle
+        self.on_gap_recovered = on_gap_recovered
+        self.occurrences = OccurrenceIndex()
+        self.gaps = GapBook()
+        self.messages: Counter[str] = Counter()
+        self.dead_letters: Counter[str] = Counter()
+        self.rows: Counter[str] = Counter()
+        self.last_data_mono = 0.0
+
+    def record(self, rec: Record | DeadLetter, frame_type: str, received_at_us: int) -> None:
+        """One data frame's record (or its dead letter)."""
+        self.messages[CHANNEL_OF_TYPE.get(frame_type, "other")] += 1
+        self.last_data_mono = time.monotonic()
+        put = self._put
+        if isinstance(rec, DeltaRec):
+            k = self.occurrences.next(rec.identity(received_at_us))
+            row = rec.row(received_at_us, k=k, suspect=self.gaps.is_suspect(rec.ticker))
+            put("orderbook_deltas", row)
+            self.rows["orderbook_deltas"] += 1
+        elif isinstance(rec, TradeRec | TickerRec):
+            put(rec.table, rec.row(received_at_us))
+            self.rows[rec.table] += 1
+        elif isinstance(rec, SnapshotRec):
+            put("orderbook_snapshots", rec.row(received_at_us))
+            self.rows["orderbook_snapshots"] += 1
+            for gap in self.gaps.snapshot(rec.ticker):
+                self._recovered(gap, received_at_us)
+        elif isinstance(rec, LifecycleRec):
+            put("lifecycle_events", rec.row(received_at_us))
+            self.rows["lifecycle_events"] += 1
+            if self.on_lifecycle is not None:
+                self.on_lifecycle(rec)
+        elif isinstance(rec, DeadLetter):
+            self.dead_letter(rec.reason, rec.raw, "ws", received_at_us)
+        else:  # metadata records never arrive on the WebSocket
+            self.dead_letter(f"unexpected record {type(rec).__name__}", b"", "ws", received_at_us)
+
+    def dead_letter(self, reason: str, raw: bytes, source: str, received_at_us: int) -> None:
+        """Store a rejected input with its reason (DESIGN §3: bad input is data)."""
+        self.dead_letters[source] += 1
+        self._put("dead_letters", (uuid.uuid4(), source, reason[:500], raw, received_at_us))
+        self.rows["dead_letters"] += 1
+
+    def open_gap(
+        self,
+        *,
+        sid: int | None,
+        channel: str,
+        markets: tuple[str, ...],
+        expected: int | None,
+        received: int | None,
+        how: str,
+        received_at_us: int | None = None,
+    ) -> OpenGap:
+        """Record a gap (state 'open'); its markets are suspect until their fresh snapshots."""
+        at = now_us() if received_at_us is None else received_at_us
+        gap = self.gaps.open(
+            sid=sid,
+            channel=channel,
+            markets=markets,
+            expected=expected,
+            received=received,
+            detected_at_us=at,
+            how=how,
+        )
+        self._put("gaps", gap_row(gap, recovered_at_us=None, received_at_us=at))
+        self.rows["gaps"] += 1
+        log.warning(
+            "gap on sid %s (%s): expected seq %s, received %s; %d markets suspect until resync",
+            sid,
+            channel,
+            expected,
+            received,
+            len(markets),
+            extra={"sid": sid, "channel": channel, "expected": expected, "received": received},
+        )
+        if not markets:  # nothing to wait for (e.g. market removed meanwhile)
+            self.gaps.forget_gap(gap.gap_id)
+        return gap
+
+    def gap_recovered(self, gap: OpenGap, received_at_us: int | None = None) -> None:
+        """Write the 'recovered' row of a gap that needs no snapshot (trade, lifecycle)."""
+        self.gaps.forget_gap(gap.gap_id)
+        self._recovered(gap, now_us() if received_at_us is None else received_at_us)
+
+    def forget_market(self, market: str) -> None:
+        """``market`` left the subscriptions: gaps waiting only for it are recovered."""
+        for gap in self.gaps.forget(market):
+            self._recovered(gap, now_us())
+
+    def _recovered(self, gap: OpenGap, at_us: int) -> None:
+        self._put("gaps", gap_row(gap, recovered_at_us=at_us, received_at_us=at_us))
+        self.rows["gaps"] += 1
+        log.info(
+            "gap %s on sid %s (%s) recovered by %s",
+            gap.gap_id,
+            gap.sid,
+            gap.channel,
+            gap.how,
+            extra={"sid": gap.sid, "channel": gap.channel, "how": gap.how},
+        )
+        if self.on_gap_recovered is not None:
+            self.on_gap_recovered(gap)
+
+    def take_counts(self) -> tuple[Counter[str], Counter[str]]:
+        """Messages per channel and dead letters per source since the last call (for metrics)."""
+        messages, dead = self.messages, self.dead_letters
+        self.messages, self.dead_letters = Counter(), Counter()
+        return messages, dead
