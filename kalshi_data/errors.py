@@ -3,6 +3,7 @@
     KalshiDataError
     ├── ConfigError(key, message)   bad configuration: the process refuses to start, naming the key
     ├── TransientError              classify() -> RETRYABLE (a passing fault: retry with backoff)
+    │   └── CircuitOpenError        retry() gave up while a circuit breaker refused every call
     └── PermanentError              classify() -> PERMANENT (retrying would only hide it)
 
 Structured fields ride along as keyword arguments (``component=``, ``gatherer=``...), available
@@ -15,15 +16,25 @@ from typing import Any
 
 
 class KalshiDataError(Exception):
-    """Base of the project's own errors."""
+    """Base of the project's own errors.
+
+    Args:
+        message: Human-readable text (never a secret).
+        **fields: Structured context (``component=``, ``gatherer=``, ``market=``...).
+    """
 
     def __init__(self, message: str = "", **fields: Any) -> None:
         super().__init__(message)
-        self.fields = fields
+        self.fields: dict[str, Any] = fields
 
 
 class ConfigError(KalshiDataError):
-    """Invalid configuration; ``key`` is the dotted path of the offending key."""
+    """Invalid configuration; ``key`` is the dotted path of the offending key.
+
+    Args:
+        key: Dotted path of the key (``gatherers[1].dsn``), or ``<root>``/``<file>``.
+        message: What is wrong; never the (possibly secret) value itself.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"config error at {key!r}: {message}", key=key)
@@ -32,6 +43,10 @@ class ConfigError(KalshiDataError):
 
 class TransientError(KalshiDataError):
     """A failure worth retrying (rate limit, 5xx, dropped connection)."""
+
+
+class CircuitOpenError(TransientError):
+    """A circuit breaker refused the call and the retry budget ran out before it would allow one."""
 
 
 class PermanentError(KalshiDataError):

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import random
+import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from kalshi_data.errors import PermanentError, TransientError
+from kalshi_data.errors import CircuitOpenError, PermanentError, TransientError
 
 T = TypeVar("T")
 Clock = Callable[[], float]
+
+log = logging.getLogger(__name__)
 
 _TESTING = False
 
@@ -34,19 +39,118 @@ class ErrorClass(enum.Enum):
     PERMANENT = "permanent"
 
 
-#: SQLSTATEs worth retrying: connection loss, shutdowns, serialization, read-only after a
-#: failover (25006), resource exhaustion, lock timeouts, statement timeouts, idle timeouts.
+# ---------------------------------------------------------------------------------- classify
+#: SQLSTATEs worth retrying (reliability-notes §3): shutdowns and startup (57P0x), serialization
+#: and deadlock (40001, 40P01), read-only after a failover (25006), lock and statement timeouts,
+#: idle timeouts, transaction resolution unknown (08007, verified by the caller's cursor CAS).
 RETRYABLE_SQLSTATES = frozenset(
     {"57P01", "57P02", "57P03", "40001", "40P01", "25006", "55P03", "57014", "25P03", "57P05"}
 )
+#: Whole classes worth retrying: 08 connection exceptions, 53 insufficient resources.
 RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53"})
-#: 08P01 (protocol violation) is in class 08 but is a bug, not a passing fault.
+#: 08P01 (protocol violation) sits in class 08 but is a bug, not a passing fault. Every other
+#: SQLSTATE (28xxx auth, 3D000, 42xxx, 22xxx, 23xxx, 0A000, XX000...) is permanent.
 PERMANENT_SQLSTATES = frozenset({"08P01"})
+
+#: HTTP statuses (REST or a WebSocket handshake) that a later attempt may not see.
+RETRYABLE_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+#: OSErrors that are about local files and permissions, not the network: a retry cannot fix them.
+_LOCAL_OS_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def _sqlstate(exc: BaseException) -> str | None:
+    # asyncpg PostgresError and psycopg Error both expose ``sqlstate`` (None when unknown).
     state = getattr(exc, "sqlstate", None)
     return state if isinstance(state, str) and len(state) == 5 else None
+
+
+def _by_sqlstate(state: str) -> ErrorClass:
+    if state in PERMANENT_SQLSTATES:
+        return ErrorClass.PERMANENT
+    if state in RETRYABLE_SQLSTATES or state[:2] in RETRYABLE_SQLSTATE_CLASSES:
+        return ErrorClass.RETRYABLE
+    return ErrorClass.PERMANENT
+
+
+def _by_http_status(status: object) -> ErrorClass:
+    return ErrorClass.RETRYABLE if status in RETRYABLE_HTTP_STATUSES else ErrorClass.PERMANENT
+
+
+def _module(name: str) -> Any:
+    # A driver that was never imported cannot have raised: look it up instead of importing it.
+    return sys.modules.get(name)
+
+
+def _psycopg_verdict(exc: BaseException) -> ErrorClass | None:
+    psycopg = _module("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return None
+    if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return None
+    # The trap (reliability-notes §3): libpq reports a rejected *connection attempt* without a
+    # SQLSTATE, whether the server was unreachable or said "password authentication failed" /
+    # "database does not exist". psycopg then attaches the finished attempt: if the password
+    # stage was reached (or a password was demanded and missing), the server answered and
+    # refused us after authentication began: bad credentials, role or database, i.e. config.
+    # Startup (57P03) and "too many clients" are sent before that stage and stay retryable.
+    pgconn = getattr(exc, "pgconn", None)
+    finished = getattr(getattr(psycopg, "errors", None), "FinishedPGconn", None)
+    if (
+        finished is not None
+        and isinstance(pgconn, finished)
+        and (pgconn.used_password or pgconn.needs_password)
+    ):
+        return ErrorClass.PERMANENT
+    # No SQLSTATE and no rejected login: the connection broke (reset, EOF, refused, closed).
+    return ErrorClass.RETRYABLE
+
+
+def _asyncpg_verdict(exc: BaseException) -> ErrorClass | None:
+    asyncpg = _module("asyncpg")
+    if asyncpg is None:
+        return None
+    # ConnectionDoesNotExistError carries 08003 and is handled by SQLSTATE. A bare
+    # InterfaceError is what asyncpg raises on a closed connection; its subclasses
+    # (DataError, ClientConfigurationError, Unsupported*) are client bugs or config.
+    if type(exc) is asyncpg.InterfaceError:
+        return ErrorClass.RETRYABLE
+    # No host of a multi-host DSN is writable yet: the middle of a failover.
+    if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        return ErrorClass.RETRYABLE
+    return None
+
+
+def _aiohttp_verdict(exc: BaseException) -> ErrorClass | None:
+    aiohttp = _module("aiohttp")
+    if aiohttp is None or not isinstance(exc, aiohttp.ClientError):
+        return None
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch | aiohttp.ClientConnectorCertificateError):
+        return ErrorClass.PERMANENT  # the peer is not who we pinned or trust: config, not luck
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return ErrorClass.RETRYABLE
+    if isinstance(exc, aiohttp.ClientResponseError):  # raise_for_status, WS handshake refused
+        return _by_http_status(exc.status)
+    return None
+
+
+def _websockets_verdict(exc: BaseException) -> ErrorClass | None:
+    wsx = _module("websockets.exceptions")
+    if wsx is None or not isinstance(exc, wsx.WebSocketException):
+        return None
+    if isinstance(exc, wsx.ConnectionClosed):
+        return ErrorClass.RETRYABLE
+    if isinstance(exc, wsx.InvalidStatus):  # the HTTP answer to the upgrade request
+        return _by_http_status(exc.response.status_code)
+    if isinstance(exc, wsx.InvalidMessage):  # the handshake was cut off mid-way
+        return ErrorClass.RETRYABLE
+    return None
 
 
 def _classify_one(exc: BaseException) -> ErrorClass | None:
@@ -57,49 +161,36 @@ def _classify_one(exc: BaseException) -> ErrorClass | None:
         return ErrorClass.RETRYABLE
     state = _sqlstate(exc)
     if state is not None:
-        if state in PERMANENT_SQLSTATES:
-            return ErrorClass.PERMANENT
-        if state in RETRYABLE_SQLSTATES or state[:2] in RETRYABLE_SQLSTATE_CLASSES:
-            return ErrorClass.RETRYABLE
+        return _by_sqlstate(state)
+    if isinstance(exc, BaseExceptionGroup):
+        # A TaskGroup failed: retry only when every branch is worth retrying.
+        verdicts = {classify(e) for e in exc.exceptions}
+        return ErrorClass.RETRYABLE if verdicts == {ErrorClass.RETRYABLE} else ErrorClass.PERMANENT
+    for driver in (_psycopg_verdict, _asyncpg_verdict, _aiohttp_verdict, _websockets_verdict):
+        verdict = driver(exc)
+        if verdict is not None:
+            return verdict
+    if isinstance(exc, (ssl.SSLCertVerificationError, *_LOCAL_OS_ERRORS)):
         return ErrorClass.PERMANENT
-    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, EOFError)):
-        return ErrorClass.RETRYABLE
-    name = type(exc).__name__
-    module = type(exc).__module__
-    if module.startswith("asyncpg") and name in {
-        "ConnectionDoesNotExistError",
-        "InterfaceError",
-        "ConnectionFailureError",
-        # No host of a multi-host DSN is writable yet: the middle of a failover.
-        "TargetServerAttributeNotMatched",
-    }:
-        return ErrorClass.RETRYABLE
-    if module.startswith("psycopg") and name in {"OperationalError", "InterfaceError"}:
-        # No SQLSTATE: the connection broke (reset, EOF, refused). NOTE: psycopg also reports a
-        # wrong password at connect time without a SQLSTATE; services therefore connect with
-        # asyncpg, which reports 28P01/3D000, and only the one-shot CLI tools use psycopg.
-        return ErrorClass.RETRYABLE
-    if module.startswith("aiohttp") and name in {
-        "ClientConnectionError",
-        "ClientConnectorError",
-        "ServerDisconnectedError",
-        "ClientPayloadError",
-        "ClientOSError",
-        "ServerTimeoutError",
-        "ConnectionTimeoutError",
-        "SocketTimeoutError",
-        "ClientConnectionResetError",
-    }:
-        return ErrorClass.RETRYABLE
-    if module.startswith("websockets") and name.startswith(
-        ("ConnectionClosed", "InvalidStatus", "InvalidHandshake", "InvalidMessage")
-    ):
+    if isinstance(exc, OSError | TimeoutError | EOFError):  # reset, refused, DNS, timeouts
         return ErrorClass.RETRYABLE
     return None
 
 
 def classify(exc: BaseException) -> ErrorClass:
-    """Retryable or permanent: SQLSTATE first, then the exception's type, then its cause."""
+    """Decide whether ``exc`` is worth retrying.
+
+    Order: our own :class:`TransientError`/:class:`PermanentError`; a SQLSTATE on the exception
+    (``exc.sqlstate``); the driver's exception type (psycopg, asyncpg, aiohttp, websockets,
+    ``OSError``/``TimeoutError``); else the ``__cause__`` chain. Message text is never read.
+
+    Args:
+        exc: The exception to judge.
+
+    Returns:
+        ``ErrorClass.RETRYABLE`` or ``ErrorClass.PERMANENT`` (the default when nothing says
+        the fault is passing).
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -107,23 +198,41 @@ def classify(exc: BaseException) -> ErrorClass:
         verdict = _classify_one(current)
         if verdict is not None:
             return verdict
-        current = current.__cause__ or current.__context__
+        # Only an explicit ``raise ... from cause``: an unrelated error raised while handling
+        # a transient one (``__context__``) is a bug of its own and must not be retried.
+        current = current.__cause__
     return ErrorClass.PERMANENT
 
 
+# ----------------------------------------------------------------------------------- backoff
 def set_testing(enabled: bool) -> None:
-    """Zero every backoff delay (tests that exercise retry paths without waiting)."""
+    """Zero every backoff delay (tests that exercise retry paths without waiting).
+
+    Args:
+        enabled: True to make :meth:`Backoff.next_delay` return 0.0 everywhere.
+    """
     global _TESTING
     _TESTING = enabled
 
 
+def is_testing() -> bool:
+    """Whether :func:`set_testing` zeroed the backoff."""
+    return _TESTING
+
+
 class Backoff:
-    """Capped exponential backoff with Full Jitter: ``uniform(0, min(cap, base * 2**attempt))``."""
+    """Capped exponential backoff with Full Jitter: ``uniform(0, min(cap, base * 2**attempt))``.
+
+    Args:
+        base_s: First ceiling, in seconds.
+        cap_s: Largest ceiling, in seconds.
+        rng: Random source (seeded in tests).
+    """
 
     def __init__(
         self, base_s: float = 0.1, cap_s: float = 30.0, *, rng: random.Random | None = None
     ) -> None:
-        if base_s <= 0 or cap_s < base_s:
+        if not 0 < base_s <= cap_s:
             raise ValueError("backoff needs 0 < base_s <= cap_s")
         self.base_s = base_s
         self.cap_s = cap_s
@@ -147,6 +256,7 @@ class Backoff:
         self.attempt = 0
 
 
+# ----------------------------------------------------------------------------------- breaker
 class BreakerState(enum.Enum):
     """Circuit breaker states."""
 
@@ -160,7 +270,15 @@ class CircuitBreaker:
 
     CLOSED counts consecutive failures and opens at ``failure_threshold``. OPEN refuses until
     ``reset_timeout_s`` has passed, then turns HALF_OPEN and allows one probe at a time: a success
-    closes it, a failure opens it again with a fresh timer.
+    closes it, a failure opens it again with a fresh timer. A probe that never reports back (its
+    task was cancelled, or it ended in an error that says nothing about the dependency) is given
+    up after another ``reset_timeout_s``, so the breaker cannot stay shut forever.
+
+    Args:
+        name: Label for metrics and logs.
+        failure_threshold: Consecutive failures that open the breaker.
+        reset_timeout_s: Seconds open before a probe is allowed.
+        clock: Monotonic clock (injected in tests).
     """
 
     def __init__(
@@ -171,13 +289,15 @@ class CircuitBreaker:
         reset_timeout_s: float = 30.0,
         clock: Clock = time.monotonic,
     ) -> None:
+        if failure_threshold < 1 or reset_timeout_s < 0:
+            raise ValueError("breaker needs failure_threshold >= 1 and reset_timeout_s >= 0")
         self.name = name
         self.failure_threshold = failure_threshold
         self.reset_timeout_s = reset_timeout_s
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
-        self._probing = False
+        self._probe_at: float | None = None  # when the outstanding half-open probe started
         self.failures = 0
         self.opened_total = 0
 
@@ -189,23 +309,26 @@ class CircuitBreaker:
             and self._clock() - self._opened_at >= self.reset_timeout_s
         ):
             self._state = BreakerState.HALF_OPEN
-            self._probing = False
+            self._probe_at = None
         return self._state
 
+    def _probe_outstanding(self) -> bool:
+        return self._probe_at is not None and self._clock() - self._probe_at < self.reset_timeout_s
+
     def allow(self) -> bool:
-        """May a call go through now?"""
+        """May a call go through now? (HALF_OPEN: True for one probe at a time.)"""
         state = self.state
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and not self._probing:
-            self._probing = True
+        if state is BreakerState.HALF_OPEN and not self._probe_outstanding():
+            self._probe_at = self._clock()
             return True
         return False
 
     def record_success(self) -> None:
         """A call succeeded: close."""
         self._state = BreakerState.CLOSED
-        self._probing = False
+        self._probe_at = None
         self.failures = 0
 
     def record_failure(self) -> None:
@@ -217,18 +340,36 @@ class CircuitBreaker:
         ):
             self._state = BreakerState.OPEN
             self._opened_at = self._clock()
-            self._probing = False
+            self._probe_at = None
             self.opened_total += 1
 
+    def release(self) -> None:
+        """A call ended without a verdict on the dependency (cancelled, or a caller's bug).
+
+        Frees the half-open probe slot so the next caller can probe; the state is unchanged.
+        """
+        self._probe_at = None
+
     def seconds_until_probe(self) -> float:
-        """How long until a probe is allowed (0 when calls may go through)."""
-        if self.state is not BreakerState.OPEN:
-            return 0.0
-        return max(0.0, self.reset_timeout_s - (self._clock() - self._opened_at))
+        """How long until :meth:`allow` can say yes (0 when it can now)."""
+        state = self.state
+        now = self._clock()
+        if state is BreakerState.OPEN:
+            return max(0.0, self.reset_timeout_s - (now - self._opened_at))
+        if state is BreakerState.HALF_OPEN and self._probe_at is not None:
+            return max(0.0, self.reset_timeout_s - (now - self._probe_at))
+        return 0.0
 
 
+# ------------------------------------------------------------------------------ token bucket
 class TokenBucket:
-    """A token bucket: ``rate_per_s`` tokens refill per second up to ``capacity``."""
+    """A token bucket: ``rate_per_s`` tokens refill per second up to ``capacity``.
+
+    Args:
+        rate_per_s: Refill rate.
+        capacity: Burst size (and the largest single cost).
+        clock: Monotonic clock (injected in tests).
+    """
 
     def __init__(
         self, rate_per_s: float, capacity: float, *, clock: Clock = time.monotonic
@@ -243,11 +384,16 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+        self._tokens = min(self.capacity, self._tokens + max(0.0, now - self._at) * self.rate)
         self._at = now
 
+    def _check(self, cost: float) -> None:
+        if not 0 <= cost <= self.capacity:
+            raise ValueError(f"cost {cost} must lie in [0, capacity {self.capacity}]")
+
     def try_acquire(self, cost: float = 1.0) -> bool:
-        """Take ``cost`` tokens if available now."""
+        """Take ``cost`` tokens if available now; True when taken."""
+        self._check(cost)
         self._refill()
         if self._tokens >= cost:
             self._tokens -= cost
@@ -256,20 +402,37 @@ class TokenBucket:
 
     def delay_for(self, cost: float = 1.0) -> float:
         """Seconds until ``cost`` tokens are available (0 when they are now)."""
+        self._check(cost)
         self._refill()
         return max(0.0, (cost - self._tokens) / self.rate)
 
-    async def acquire(self, cost: float = 1.0) -> None:
-        """Wait until ``cost`` tokens are available, then take them."""
-        if cost > self.capacity:
-            raise ValueError(f"cost {cost} exceeds the bucket capacity {self.capacity}")
-        while not self.try_acquire(cost):  # noqa: ASYNC110 (waiting for refill time, not an event)
-            await asyncio.sleep(self.delay_for(cost))
+    async def acquire(
+        self, cost: float = 1.0, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
+        """Wait until ``cost`` tokens are available, then take them.
+
+        Args:
+            cost: Tokens to take (at most ``capacity``).
+            sleep: Awaitable sleep (injected with a fake clock in tests).
+        """
+        self._check(cost)
+        while not self.try_acquire(cost):  # waits for refill time, not for an event
+            # Never sleep 0: float rounding can leave a hair short of ``cost``.
+            await sleep(max(self.delay_for(cost), 1e-3))
 
 
+# ------------------------------------------------------------------------------------- retry
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How :func:`retry` retries: backoff bounds, and when to give up (None = never)."""
+    """How :func:`retry` retries.
+
+    Attributes:
+        base_s: First backoff ceiling, seconds.
+        cap_s: Largest backoff ceiling, seconds.
+        max_attempts: Give up after this many attempts (None = never).
+        deadline_s: Give up when the next attempt would start later than this many seconds
+            after the first (None = never).
+    """
 
     base_s: float = 0.1
     cap_s: float = 30.0
@@ -290,30 +453,71 @@ async def retry(
 ) -> T:
     """Run ``op`` until it succeeds, a permanent error occurs, or the policy gives up.
 
-    ``name`` identifies the operation in callbacks and logs. Cancellation always propagates.
+    A retryable error counts against ``breaker``, calls ``on_retry(attempt, exc, delay)`` and
+    sleeps ``delay``: the jittered backoff, or longer when the breaker will not allow a call
+    sooner. A permanent error is re-raised at once; so is the last error when ``max_attempts``
+    or ``deadline_s`` runs out. Cancellation always propagates.
+
+    Args:
+        op: Zero-argument coroutine factory; called once per attempt.
+        policy: Backoff bounds and give-up rules.
+        name: Names the operation in logs.
+        breaker: Optional breaker shared with other callers of the same dependency.
+        classify_fn: Error classifier (defaults to :func:`classify`).
+        on_retry: Hook for metrics/logs before each sleep.
+        sleep: Awaitable sleep (injected in tests).
+        clock: Monotonic clock for the deadline (injected in tests).
+
+    Returns:
+        What ``op`` returned.
+
+    Raises:
+        CircuitOpenError: The deadline ran out while the breaker refused every call and no
+            attempt had failed yet.
     """
     backoff = Backoff(policy.base_s, policy.cap_s)
     started = clock()
     attempt = 0
+    last: Exception | None = None
+
+    def out_of_time(wait_s: float) -> bool:
+        return policy.deadline_s is not None and clock() - started + wait_s > policy.deadline_s
+
     while True:
         if breaker is not None and not breaker.allow():
-            await sleep(max(breaker.seconds_until_probe(), 0.01 if not _TESTING else 0.0))
+            wait_s = max(breaker.seconds_until_probe(), 1e-3)
+            if out_of_time(wait_s):
+                if last is not None:
+                    raise last
+                raise CircuitOpenError(f"{name}: circuit {breaker.name} open", breaker=breaker.name)
+            await sleep(wait_s)
             continue
         attempt += 1
         try:
             result = await op()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if classify_fn(exc) is ErrorClass.PERMANENT:
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or classify_fn(exc) is ErrorClass.PERMANENT:
+                # Cancelled, or a fault the dependency's health says nothing about.
+                if breaker is not None:
+                    breaker.release()
                 raise
+            last = exc
             if breaker is not None:
                 breaker.record_failure()
             if policy.max_attempts is not None and attempt >= policy.max_attempts:
                 raise
             delay = backoff.next_delay()
-            if policy.deadline_s is not None and clock() - started + delay > policy.deadline_s:
+            if breaker is not None:
+                delay = max(delay, breaker.seconds_until_probe())
+            if out_of_time(delay):
                 raise
+            log.debug(
+                "%s failed (%s), attempt %d; retrying in %.3fs",
+                name,
+                type(exc).__name__,
+                attempt,
+                delay,
+            )
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             await sleep(delay)
