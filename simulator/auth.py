@@ -113,3 +113,20 @@ def generate_key(workdir: Path) -> GeneratedKey:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return GeneratedKey(key_id, path, public_pem)
+
+
+def sign_headers(
+    private_pem: bytes, key_id: str, method: str, path: str, ts_ms: int
+) -> dict[str, str]:
+    """The three KALSHI-ACCESS headers for a request (what a client sends; for tests and tools)."""
+    private = serialization.load_pem_private_key(private_pem, password=None)
+    text = f"{ts_ms}{method.upper()}{path.split('?', 1)[0]}".encode()
+    if isinstance(private, rsa.RSAPrivateKey):
+        sig = private.sign(
+            text, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256()
+        )
+    elif isinstance(private, ed25519.Ed25519PrivateKey):
+        sig = private.sign(text)
+    else:
+        raise TypeError("only RSA and Ed25519 keys are supported")
+    return {KEY_HEADER: key_id, TS_HEADER: str(ts_ms), SIG_HEADER: base64.b64encode(sig).decode()}

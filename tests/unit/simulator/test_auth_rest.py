@@ -1,0 +1,76 @@
+"""Signature verification and REST cursor helpers (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from simulator.auth import AuthError, load_public_key, sign_headers, verify
+from simulator.rest import BadRequest, decode_cursor, encode_cursor
+
+PATH = "/trade-api/ws/v2"
+NOW = 1_700_000_000_000
+
+
+def _pem(key):
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.fixture(scope="module")
+def rsa_pem() -> bytes:
+    return _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+def test_valid_rsa_pss_and_ed25519_signatures_pass(rsa_pem):
+    """RSA-PSS(SHA-256, salt 32) and Ed25519 over ts+GET+path are accepted; query ignored."""
+    ed = _pem(ed25519.Ed25519PrivateKey.generate())
+    keys = {"r": load_public_key(rsa_pem), "e": load_public_key(ed)}
+    assert (
+        verify(sign_headers(rsa_pem, "r", "get", PATH, NOW), "GET", PATH, keys, NOW, 30_000) == "r"
+    )
+    headers = sign_headers(ed, "e", "GET", PATH + "?x=1", NOW)
+    assert verify(headers, "GET", PATH, keys, NOW + 29_000, 30_000) == "e"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda h: {}, "missing_headers"),
+        (lambda h: {**h, "KALSHI-ACCESS-KEY": "other"}, "unknown_key"),
+        (lambda h: {**h, "KALSHI-ACCESS-TIMESTAMP": str(NOW - 31_000)}, "stale_timestamp"),
+        (lambda h: {**h, "KALSHI-ACCESS-TIMESTAMP": "soon"}, "bad_timestamp"),
+        (lambda h: {**h, "KALSHI-ACCESS-SIGNATURE": "!!"}, "bad_signature"),
+        (
+            lambda h: {**h, "KALSHI-ACCESS-SIGNATURE": h["KALSHI-ACCESS-SIGNATURE"][::-1]},
+            "bad_signature",
+        ),
+    ],
+)
+def test_refusals_name_the_reason(rsa_pem, mutate, reason):
+    """Missing headers, unknown key, stale or bad timestamp and bad signature are refused."""
+    keys = {"r": load_public_key(rsa_pem)}
+    headers = mutate(sign_headers(rsa_pem, "r", "GET", PATH, NOW))
+    with pytest.raises(AuthError) as info:
+        verify(headers, "GET", PATH, keys, NOW, 30_000)
+    assert info.value.reason == reason
+
+
+def test_signature_over_another_path_is_refused(rsa_pem):
+    """A signature for a different path does not open the WebSocket."""
+    keys = {"r": load_public_key(rsa_pem)}
+    headers = sign_headers(rsa_pem, "r", "GET", "/trade-api/v2/markets", NOW)
+    with pytest.raises(AuthError):
+        verify(headers, "GET", PATH, keys, NOW, 30_000)
+
+
+def test_cursor_round_trip_and_rejection():
+    """Cursors decode to their position; garbage or another listing's cursor is a 400."""
+    assert decode_cursor("m", encode_cursor("m", 1234), -1) == 1234
+    assert decode_cursor("m", "", -1) == -1
+    with pytest.raises(BadRequest):
+        decode_cursor("m", encode_cursor("e", 5), -1)
+    with pytest.raises(BadRequest):
+        decode_cursor("m", "%%%", -1)
