@@ -4,8 +4,8 @@ The upgrade request carries the ``KALSHI-ACCESS-*`` headers signed over ``GET`` 
 (``/trade-api/ws/v2``). Frames are capped at :data:`~kalshi_data.kalshi.parse.MAX_FRAME_BYTES`
 (enforced by websockets while inflating, so compressed bombs are refused too). The server pings
 every 10 s and websockets answers automatically; the client's own pings detect dead peers.
-A rejected handshake raises websockets' ``InvalidStatus`` (retryable for
-:func:`kalshi_data.resilience.classify`; callers treat 401/403 as fatal after a few tries).
+A rejected handshake raises websockets' ``InvalidStatus``, which
+:func:`kalshi_data.resilience.classify` judges by its HTTP status (429/5xx retryable).
 """
 
 from __future__ import annotations
