@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,7 +27,7 @@ from kalshi_data.kalshi.wsproto import (
     SubscriptionList,
     WsProtocol,
 )
-from kalshi_data.records import DeltaRec, MarketRec, SnapshotRec
+from kalshi_data.records import DeltaRec, MarketRec, SnapshotRec, TradeRec
 from kalshi_data.resilience import RetryPolicy
 from simulator.config import SimConfig
 from simulator.server import Simulator
@@ -241,3 +242,27 @@ async def test_rest_429_burst_retried_through_bucket(sim: Simulator) -> None:
     assert status.exchange_active is True
     stats = await _admin(sim, "stats")
     assert stats["rest_faults_served"] >= 4
+
+
+async def test_ws_and_rest_trades_agree(sim: Simulator) -> None:
+    """A trade seen on the WS trade channel and via REST /markets/trades is the same record."""
+    proto = WsProtocol()
+    ws = await ws_connect(sim.ws_url, _signer(sim))
+    try:
+        await _subscribe(ws, proto, ["trade"], None)
+        events = await _until(
+            ws,
+            proto,
+            lambda ev: sum(isinstance(e, Data) and isinstance(e.record, TradeRec) for e in ev) >= 3,
+        )
+    finally:
+        await ws.close()
+    ws_trades = [e.record for e in events if isinstance(e, Data) and isinstance(e.record, TradeRec)]
+    async with KalshiRest(sim.rest_url, policy=FAST) as rest:
+        for trade in ws_trades:
+            rest_trades = [t async for t in rest.get_trades(trade.ticker)]
+            match = [
+                t for t in rest_trades if isinstance(t, TradeRec) and t.trade_id == trade.trade_id
+            ]
+            assert match == [dataclasses.replace(trade, sid=None, seq=None)]
+            assert match[0].row(0)[:10] == trade.row(0)[:10]  # identity and data columns
