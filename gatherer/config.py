@@ -8,6 +8,7 @@ check happens once, at start, and a failure names the key (:class:`ConfigError`)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -142,6 +143,8 @@ class GathererConfig:
             raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
 
 
-def load(path: str | Path | None, *, env: dict[str, str] | None = None) -> GathererConfig:
+def load(path: str | Path | None, *, env: Mapping[str, str] | None = None) -> GathererConfig:
     """Load and validate; raises ``ConfigError`` naming the offending key."""
+    if env is None:
+        return load_config(GathererConfig, path)
     return load_config(GathererConfig, path, env=env)

@@ -53,7 +53,7 @@ class Ingest:
     Attributes:
         occurrences: the process-wide delta occurrence index (k).
         gaps: open gaps and suspect markets.
-        messages: data frames per channel since the last :meth:`take_counts`.
+        frames: data frames per frame type since start (cumulative).
         last_data_mono: ``time.monotonic()`` of the last data frame (0 before the first).
     """
 
@@ -69,14 +69,16 @@ class Ingest:
         self.on_gap_recovered = on_gap_recovered
         self.occurrences = OccurrenceIndex()
         self.gaps = GapBook()
-        self.messages: Counter[str] = Counter()
+        self.frames: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
+        self._reported_frames: Counter[str] = Counter()
+        self._reported_dead: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
         self.last_data_mono = 0.0
 
     def record(self, rec: Record | DeadLetter, frame_type: str, received_at_us: int) -> None:
         """One data frame's record (or its dead letter)."""
-        self.messages[CHANNEL_OF_TYPE.get(frame_type, "other")] += 1
+        self.frames[frame_type] += 1
         self.last_data_mono = time.monotonic()
         put = self._put
         if isinstance(rec, DeltaRec):
@@ -171,6 +173,10 @@ class Ingest:
 
     def take_counts(self) -> tuple[Counter[str], Counter[str]]:
         """Messages per channel and dead letters per source since the last call (for metrics)."""
-        messages, dead = self.messages, self.dead_letters
-        self.messages, self.dead_letters = Counter(), Counter()
+        messages: Counter[str] = Counter()
+        for frame_type, n in (self.frames - self._reported_frames).items():
+            messages[CHANNEL_OF_TYPE.get(frame_type, "other")] += n
+        dead = self.dead_letters - self._reported_dead
+        self._reported_frames = self.frames.copy()
+        self._reported_dead = self.dead_letters.copy()
         return messages, dead
