@@ -2,21 +2,28 @@
 
 - Every key is checked against the dataclass: an unknown or mistyped key fails at start with a
   :class:`~kalshi_data.errors.ConfigError` naming its full dotted path (``gatherers[1].dsn``).
-- ``KALSHI_DATA_<KEY>__<SUBKEY>=value`` overrides ``key.subkey`` (values parsed as YAML scalars,
-  then checked against the field's type); an unknown variable under the prefix is an error too.
-- A string value ``file:/path`` is replaced by that file's content (systemd ``LoadCredential=``),
-  ``secretsmanager:<secret-id>`` or ``secretsmanager:<secret-id>#<json-key>`` by AWS Secrets
-  Manager's value. Fields typed :class:`Secret` never show their value in ``repr``/``str``.
+  A key given twice in the YAML file is an error too (PyYAML would keep the last silently).
+- ``KALSHI_DATA_<KEY>__<SUBKEY>=value`` overrides ``key.subkey``; ``__<N>__`` indexes a list
+  (``KALSHI_DATA_GATHERERS__1__DSN``). Values are parsed by the field's type (a ``str`` field
+  takes the text verbatim; ``bool`` accepts true/false/1/0/yes/no/on/off; lists take
+  ``a,b`` or a YAML flow list; an empty value sets an optional field to None). An unknown
+  variable under the prefix is an error, except the tools' own (:data:`TOOL_ENV_VARS`).
+- A string value ``file:/path`` is replaced by that file's stripped content (systemd
+  ``LoadCredential=``), ``secretsmanager:<secret-id>`` or ``secretsmanager:<secret-id>#<json-key>``
+  by AWS Secrets Manager's value (client created on first use; region, endpoint and credentials
+  from the usual AWS variables). Fields typed :class:`Secret` never show their value in
+  ``repr``/``str``; errors never quote a value that could be secret.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +34,26 @@ from kalshi_data.errors import ConfigError
 T = TypeVar("T")
 ENV_PREFIX = "KALSHI_DATA_"
 
+#: Variables under the prefix that belong to tools, not to a service's configuration.
+TOOL_ENV_VARS = frozenset(
+    {
+        "KALSHI_DATA_PG_BINDIR",
+        "KALSHI_DATA_TEST_TMP",
+        "KALSHI_DATA_MIGRATIONS_DIR",
+        "KALSHI_DATA_DEMO_KEEP",
+    }
+)
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
 
 class Secret:
-    """A secret string: ``repr``/``str`` show ``***``; ``reveal()`` gives the value."""
+    """A secret string: ``repr``/``str``/``format`` show ``***``; ``reveal()`` gives the value.
+
+    Args:
+        value: The secret text.
+    """
 
     __slots__ = ("_value",)
 
@@ -46,6 +70,9 @@ class Secret:
     def __str__(self) -> str:
         return "***"
 
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and other._value == self._value
 
@@ -54,90 +81,186 @@ class Secret:
 
 
 def validate_listen(addr: str) -> tuple[str, int]:
-    """Split ``host:port`` (port 0 = any free port)."""
+    """Split a ``host:port`` listen address (``[::1]:9100`` for IPv6; port 0 = any free port).
+
+    Args:
+        addr: The address.
+
+    Returns:
+        ``(host, port)``.
+
+    Raises:
+        ValueError: Not ``host:port`` with a port in 0..65535.
+    """
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port, got {addr!r}")
-    return host.strip("[]"), int(port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # a bare IPv6 address is ambiguous: ask for brackets
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"expected host:port (IPv6 as [addr]:port), got {addr!r}")
+    return host, int(port)
 
 
-def _resolve_secret(value: str, key: str) -> str:
-    if value.startswith("file:"):
-        path = Path(value[5:])
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(key, f"cannot read secret file {path}: {exc.strerror}") from exc
-    if value.startswith("secretsmanager:"):
-        ref = value[len("secretsmanager:") :]
-        secret_id, _, json_key = ref.partition("#")
-        import boto3  # noqa: PLC0415 (only when a secret lives in AWS)
+# ---------------------------------------------------------------------------------- secrets
+class _Secrets:
+    """Resolves ``file:`` and ``secretsmanager:`` references; one AWS client, made on first use."""
 
-        try:
-            client = boto3.client("secretsmanager")
-            text = client.get_secret_value(SecretId=secret_id)["SecretString"]
-        except Exception as exc:
-            raise ConfigError(
-                key,
-                f"cannot fetch secret {secret_id!r} from Secrets Manager ({type(exc).__name__})",
-            ) from exc
-        if json_key:
+    def __init__(self, env: Mapping[str, str], endpoint_url: str | None) -> None:
+        self._env = env
+        self._endpoint_url = endpoint_url
+        self._client: Any = None
+        self._fetched: dict[str, str] = {}
+
+    def _secretsmanager(self) -> Any:
+        if self._client is None:
+            import boto3  # noqa: PLC0415 (only when a secret lives in AWS)
+
+            env = self._env
+            # None lets boto3 fall back to its own chain (os.environ, instance profile).
+            session = boto3.session.Session(
+                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=env.get("AWS_SESSION_TOKEN"),
+                region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            )
+            endpoint = (
+                self._endpoint_url
+                or env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+                or env.get("AWS_ENDPOINT_URL")
+            )
+            self._client = session.client("secretsmanager", endpoint_url=endpoint)
+        return self._client
+
+    def _fetch(self, secret_id: str, key: str) -> str:
+        if secret_id not in self._fetched:
             try:
-                return str(json.loads(text)[json_key])
-            except (ValueError, KeyError) as exc:
+                answer = self._secretsmanager().get_secret_value(SecretId=secret_id)
+                text = answer["SecretString"]
+            except Exception as exc:
+                # The error code (ResourceNotFoundException, AccessDeniedException...) or the
+                # type: never the message, which may echo request details.
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                detail = code or type(exc).__name__
                 raise ConfigError(
-                    key, f"secret {secret_id!r} has no JSON key {json_key!r}"
-                ) from exc
-        return str(text)
-    return value
+                    key, f"cannot fetch secret {secret_id!r} from Secrets Manager ({detail})"
+                ) from None
+            self._fetched[secret_id] = str(text)
+        return self._fetched[secret_id]
+
+    def resolve(self, value: str, key: str) -> str:
+        """The value, with a secret reference replaced by the secret."""
+        if value.startswith("file:"):
+            path = Path(value[len("file:") :])
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(key, f"cannot read secret file {path}: {exc.strerror}") from None
+        if value.startswith("secretsmanager:"):
+            secret_id, _, json_key = value[len("secretsmanager:") :].partition("#")
+            if not secret_id:
+                raise ConfigError(key, "secretsmanager: needs a secret id")
+            text = self._fetch(secret_id, key)
+            if not json_key:
+                return text
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict) or json_key not in doc:
+                raise ConfigError(key, f"secret {secret_id!r} has no JSON key {json_key!r}")
+            return str(doc[json_key])
+        return value
 
 
+# ------------------------------------------------------------------------------------ types
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("kalshi_data.config.", "")
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
+def _optional_inner(tp: Any) -> Any | None:
+    """``X`` for ``X | None`` (one X), else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and len(inner) < len(typing.get_args(tp)):
+            return inner[0]
+    return None
+
+
+def _item_types(tp: Any, n: int, key: str) -> list[Any]:
+    """Element types of a list/tuple annotation for ``n`` items."""
+    args = typing.get_args(tp)
+    if not args:
+        return [Any] * n
+    if typing.get_origin(tp) is list or (len(args) == 2 and args[1] is Ellipsis):
+        return [args[0]] * n
+    if len(args) != n:
+        raise ConfigError(key, f"expected {len(args)} items, got {n}")
+    return list(args)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _init_fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _convert(value: Any, tp: Any, key: str, secrets: _Secrets) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
+        errors: list[ConfigError] = []
+        for a in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, a, key)
+                return _convert(value, a, key, secrets)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0]
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(key, f"expected {_type_name(tp)}")
     if origin is typing.Literal:
-        if value not in args:
+        if not any(type(value) is type(a) and value == a for a in args):  # 1 is not True
             raise ConfigError(key, f"must be one of {list(args)}, got {value!r}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             raise ConfigError(key, f"expected a list, got {type(value).__name__}")
-        item_t = args[0] if args else Any
-        items = [_convert(v, item_t, f"{key}[{i}]") for i, v in enumerate(value)]
+        item_types = _item_types(tp, len(value), key)
+        items = [
+            _convert(v, t, f"{key}[{i}]", secrets)
+            for i, (v, t) in enumerate(zip(value, item_types, strict=True))
+        ]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return {str(k): _convert(v, args[1], f"{key}.{k}", secrets) for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
         if not isinstance(value, Mapping):
-            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
+            raise ConfigError(
+                key, f"expected a mapping ({tp.__name__}), got {type(value).__name__}"
+            )
+        return _build(tp, value, key, secrets)
     if tp is Any:
         return value
     if tp is Secret:
+        if isinstance(value, Secret):
+            return value
         if not isinstance(value, str):
-            raise ConfigError(key, "expected a string")
-        return Secret(_resolve_secret(value, key))
+            raise ConfigError(key, f"expected a string (secret), got {type(value).__name__}")
+        return Secret(secrets.resolve(value, key))
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {type(value).__name__}")
-        return _resolve_secret(value, key)
+        return secrets.resolve(value, key)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
@@ -149,17 +272,21 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is Path:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a path, got {type(value).__name__}")
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, f"expected a path, got {value!r}")
         return Path(value)
     raise ConfigError(key, f"unsupported field type {_type_name(tp)}")
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, secrets: _Secrets) -> T:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = _init_fields(cls)
     for name in data:
         if name not in fields:
             where = f"{prefix}.{name}" if prefix else str(name)
@@ -168,42 +295,166 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
     for name, f in fields.items():
         where = f"{prefix}.{name}" if prefix else name
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], where)
+            kwargs[name] = _convert(data[name], hints[name], where, secrets)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(where, f"missing required key ({_type_name(hints[name])})")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # __post_init__ validation
         raise ConfigError(prefix or "<root>", str(exc)) from exc
 
 
+# -------------------------------------------------------------------------------------- env
+def _parse_env(raw: str, tp: Any, key: str) -> Any:
+    """Text from an environment variable, as the value ``tp`` expects (checked later)."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if raw == "" else _parse_env(raw, inner, key)
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        for arg in typing.get_args(tp):
+            text = str(arg).lower() if isinstance(arg, bool) else str(arg)
+            if text == (raw.lower() if isinstance(arg, bool) else raw):
+                return arg
+        raise ConfigError(key, f"must be one of {list(typing.get_args(tp))}, got {raw!r}")
+    if tp is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ConfigError(key, f"expected true or false, got {raw!r}")
+    if tp is int:
+        try:
+            return int(raw, 10)
+        except ValueError:
+            raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(key, f"expected a number, got {raw!r}") from None
+    if origin in (tuple, list):
+        if raw.lstrip().startswith("["):
+            return _yaml_value(raw, key)
+        parts = [p.strip() for p in raw.split(",")] if raw.strip() else []
+        return [
+            _parse_env(p, t, f"{key}[{i}]")
+            for i, (p, t) in enumerate(zip(parts, _item_types(tp, len(parts), key), strict=True))
+        ]
+    if origin is dict or _is_dataclass_type(tp) or origin in (typing.Union, types.UnionType):
+        return _yaml_value(raw, key)
+    return raw  # str, Secret, Path, Any: the text itself
+
+
+def _yaml_value(raw: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(key, "the environment value is not valid YAML") from None
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy with every mapping as a dict and every sequence as a list (never mutate
+    the caller's data)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _apply_one(data: dict[str, Any], cls: type[Any], var: str, raw: str, parts: list[str]) -> None:
+    container: Any = data
+    tp: Any = cls
+    where = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        tp = _optional_inner(tp) or tp
+        if _is_dataclass_type(tp):
+            if part not in _init_fields(tp):
+                name = f"{where}.{part}" if where else part
+                raise ConfigError(name, f"unknown key (from {var})")
+            where = f"{where}.{part}" if where else part
+            tp = typing.get_type_hints(tp)[part]
+            if last:
+                container[part] = _parse_env(raw, tp, where)
+                return
+            child = container.get(part)
+            if child is None:
+                child = {} if _is_dataclass_type(_optional_inner(tp) or tp) else []
+                container[part] = child
+            container = child
+        elif typing.get_origin(tp) in (tuple, list) and part.isdigit():
+            index = int(part)
+            where = f"{where}[{index}]"
+            if not isinstance(container, list) or index >= len(container):
+                raise ConfigError(where, f"no such list item to override (from {var})")
+            tp = _item_types(tp, len(container), where)[index]
+            if last:
+                container[index] = _parse_env(raw, tp, where)
+                return
+            container = container[index]
+        else:
+            raise ConfigError(
+                f"{where}.{part}", f"unknown key: {where} has no sub-keys (from {var})"
+            )
+        if not isinstance(container, dict | list):
+            raise ConfigError(where, f"expected a mapping or list, got {type(container).__name__}")
+
+
 def _apply_env(
-    data: dict[str, Any], cls: type[Any], env: Mapping[str, str], prefix: str
-) -> dict[str, Any]:
-    for var, raw in env.items():
-        if not var.startswith(prefix):
+    data: dict[str, Any],
+    cls: type[Any],
+    env: Mapping[str, str],
+    prefix: str,
+    ignore: Collection[str],
+) -> None:
+    for var in sorted(env):  # a stable order: deterministic errors
+        if not var.startswith(prefix) or var in ignore:
             continue
-        path = [p.lower() for p in var[len(prefix) :].split("__")]
-        target: dict[str, Any] = data
-        tp: Any = cls
-        for i, part in enumerate(path):
-            hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
-            if part not in hints:
-                raise ConfigError(".".join(path[: i + 1]), f"unknown key (from {var})")
-            tp = hints[part]
-            if i == len(path) - 1:
-                target[part] = yaml.safe_load(raw) if raw else raw
-            else:
-                nxt = target.get(part)
-                if not isinstance(nxt, dict):
-                    nxt = {}
-                    target[part] = nxt
-                target = nxt
-                for a in (tp, *typing.get_args(tp)):
-                    if dataclasses.is_dataclass(a):
-                        tp = a
-                        break
-    return data
+        parts = [p.lower() for p in var[len(prefix) :].split("__")]
+        if not all(parts):
+            raise ConfigError(var, "malformed override variable (empty key segment)")
+        _apply_one(data, cls, var, env[var], parts)
+
+
+# ------------------------------------------------------------------------------------- YAML
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(
+                str(key), f"duplicate key at line {key_node.start_mark.line + 1} of the file"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as exc:
+        # Problem and position only: PyYAML's own text quotes the line, which may hold a secret.
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("<file>", f"{path} is not valid YAML: {exc.problem}{where}") from None
+    except yaml.YAMLError:
+        raise ConfigError("<file>", f"{path} is not valid YAML") from None
 
 
 def load_config(
@@ -213,19 +464,41 @@ def load_config(
     env: Mapping[str, str] | None = None,
     env_prefix: str = ENV_PREFIX,
     data: Mapping[str, Any] | None = None,
+    secrets_endpoint_url: str | None = None,
+    ignore_env: Collection[str] = TOOL_ENV_VARS,
 ) -> T:
-    """Build ``cls`` from a YAML file (or ``data``) plus environment overrides; validate all."""
+    """Build and validate ``cls`` from a YAML file (or ``data``) plus environment overrides.
+
+    Args:
+        cls: A (frozen, slotted) dataclass; nested dataclasses, lists and tuples of them,
+            ``str``/``int``/``float``/``bool``/``Path``/:class:`Secret`, ``Optional``,
+            ``Literal`` and ``dict[str, X]`` fields are understood.
+        path: YAML file, or None for defaults + environment only.
+        env: Environment to read overrides (and AWS settings) from; None = ``os.environ``.
+        env_prefix: Prefix of override variables.
+        data: Already-parsed configuration used instead of ``path`` (never mutated).
+        secrets_endpoint_url: Secrets Manager endpoint (tests, VPC endpoints).
+        ignore_env: Variables under the prefix that are not configuration.
+
+    Returns:
+        The configuration object.
+
+    Raises:
+        ConfigError: Naming the offending key: unknown, missing, mistyped, unreadable secret.
+    """
     raw: Any
     if data is not None:
-        raw = dict(data)
+        raw = data
     elif path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError("<file>", f"{path} is not valid YAML: {exc}") from exc
+        raw = _read_yaml(Path(path))
+        if raw is None:
+            raw = {}
     else:
         raw = {}
-    if not isinstance(raw, dict):
+    if not isinstance(raw, Mapping):
         raise ConfigError("<root>", "the configuration must be a mapping")
-    merged = _apply_env(raw, cls, os.environ if env is None else env, env_prefix)
-    return _build(cls, merged, "")
+    if env is None:
+        env = os.environ
+    merged: dict[str, Any] = _plain(raw)
+    _apply_env(merged, cls, env, env_prefix, ignore_env)
+    return _build(cls, merged, "", _Secrets(env, secrets_endpoint_url))
