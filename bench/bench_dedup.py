@@ -1,0 +1,207 @@
+"""Deduplicator catch-up: three gatherer DBs holding the same N trades → production.
+
+Measured in one run, on the same clusters:
+- raw COPY of the N unique rows into production (the physical limit);
+- a row-by-row ``INSERT … ON CONFLICT DO NOTHING`` loop, 5,000 rows per transaction, over the
+  same input (three copies), as a competing design documents — on a sample, since it is slow;
+- the deduplicator process itself, from empty cursors, until production holds N rows; its peak
+  RSS (VmHWM) is read from /proc.
+Prints unique rows/s for each and the ratios. ``KD_BENCH_ROWS`` sets N (default 1,000,000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import yaml
+
+from kalshi_data.migrate import migrate
+from kalshi_data.pgcluster import PgCluster, free_port
+from kalshi_data.tables import TRADES
+from kalshi_data.users import create_user
+
+N = int(os.environ.get("KD_BENCH_ROWS", "1000000"))
+SAMPLE = min(N, 100_000)
+SETTINGS = {"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "30min"}
+FILL = """
+INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, taker_outcome_side,
+    taker_book_side, taker_side, is_block_trade, sid, seq, suspect, received_at)
+SELECT md5('bench' || i)::uuid, 'MKT-' || mod(i, 500),
+    '2026-11-22 00:00+00'::timestamptz + i * interval '1 ms', 4200, 5800, 100,
+    'yes', 'bid', 'yes', false, 1, i, false, now()
+FROM generate_series(1, {n}) AS i
+"""
+
+
+def _cluster(base: Path, name: str) -> PgCluster:
+    c = PgCluster(base / name)
+    c.init(SETTINGS)
+    c.start()
+    return c
+
+
+def _count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM trades").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _raw_copy(gatherer_dsn: str, prod_dsn: str) -> float:
+    """Seconds to stream N rows from one gatherer into production with plain binary COPY."""
+    g = await asyncpg.connect(gatherer_dsn)
+    p = await asyncpg.connect(prod_dsn)
+    cols = ", ".join(TRADES.column_names)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(32)
+
+    async def sink(chunk: bytes) -> None:
+        await queue.put(bytes(chunk))
+
+    async def produce() -> None:
+        await g.copy_from_query(
+            f"SELECT {cols}, 'g1'::text FROM trades", output=sink, format="binary"
+        )
+        await queue.put(None)
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        while (item := await queue.get()) is not None:
+            yield item
+
+    started = time.perf_counter()
+    task = asyncio.create_task(produce())
+    await p.copy_to_table(
+        "trades", source=chunks(), format="binary", columns=[*TRADES.column_names, "gatherer_id"]
+    )
+    await task
+    took = time.perf_counter() - started
+    await g.close()
+    await p.close()
+    return took
+
+
+async def _row_by_row(gatherer_dsns: list[str], prod_dsn: str) -> tuple[float, int]:
+    """Seconds for the row-by-row loop over the first SAMPLE rows of each gatherer."""
+    cols = ", ".join(TRADES.column_names)
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(TRADES.columns)))
+    insert = (
+        f"INSERT INTO trades ({cols}, gatherer_id) VALUES ({placeholders}, 'g') "
+        "ON CONFLICT ON CONSTRAINT trades_identity DO NOTHING"
+    )
+    p = await asyncpg.connect(prod_dsn)
+    rows_done = 0
+    started = time.perf_counter()
+    for dsn in gatherer_dsns:
+        g = await asyncpg.connect(dsn)
+        rows = await g.fetch(
+            f"SELECT {cols} FROM trades ORDER BY ingest_xid, ingest_id LIMIT {SAMPLE}"
+        )
+        await g.close()
+        for i in range(0, len(rows), 5000):
+            async with p.transaction():
+                for r in rows[i : i + 5000]:
+                    await p.execute(insert, *r)
+            rows_done += len(rows[i : i + 5000])
+    took = time.perf_counter() - started
+    await p.close()
+    return took, rows_done
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    """Run the three measurements and print rows/s and ratios."""
+    base = Path(tempfile.mkdtemp(prefix="kd-bench-dedup-"))
+    clusters: list[PgCluster] = []
+    try:
+        prod = _cluster(base, "prod")
+        clusters.append(prod)
+        prod.create_database("prod")
+        migrate(prod.dsn("prod"), "production")
+        create_user(prod.dsn("prod"), "dedup_writer", "dedup", "bench-pw")
+        gdsns, rdsns = [], []
+        for i in range(3):
+            g = _cluster(base, f"g{i + 1}")
+            clusters.append(g)
+            g.create_database("g")
+            migrate(g.dsn("g"), "gatherer")
+            create_user(g.dsn("g"), "dedup_reader", "reader", "bench-pw")
+            with psycopg.connect(g.dsn("g"), autocommit=True) as conn:
+                conn.execute(FILL.format(n=N).encode())
+                conn.execute("VACUUM ANALYZE trades")
+            gdsns.append(g.dsn("g"))
+            rdsns.append(g.dsn("g", "reader", "bench-pw"))
+        print(f"N = {N:,} trades in each of 3 gatherer databases")
+
+        raw_s = asyncio.run(_raw_copy(gdsns[0], prod.dsn("prod")))
+        raw_rate = N / raw_s
+        print(f"raw binary COPY of N unique rows: {raw_s:.2f} s = {raw_rate:,.0f} rows/s")
+        prod.execute("TRUNCATE trades", "prod")
+
+        rbr_s, rbr_rows = asyncio.run(_row_by_row(gdsns, prod.dsn("prod")))
+        rbr_unique = _count(prod.dsn("prod"))
+        rbr_rate = rbr_unique / rbr_s
+        print(
+            f"row-by-row INSERT ON CONFLICT, 5,000/txn: {rbr_rows:,} rows read, "
+            f"{rbr_unique:,} unique in {rbr_s:.2f} s = {rbr_rate:,.0f} unique rows/s (sample)"
+        )
+        prod.execute("TRUNCATE trades", "prod")
+
+        port = free_port()
+        cfg = {
+            "instance_id": "bench",
+            "production": {"dsn": prod.dsn("prod", "dedup", "bench-pw")},
+            "gatherers": [{"id": f"g{i + 1}", "dsn": d} for i, d in enumerate(rdsns)],
+            "http": {"listen": f"127.0.0.1:{port}"},
+            "batch_rows": 50_000,
+            "poll_interval_s": 0.2,
+        }
+        cfg_path = base / "dedup.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        with (base / "dedup.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "deduplicator", "--config", str(cfg_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started = time.perf_counter()
+        peak = 0.0
+        try:
+            while _count(prod.dsn("prod")) < N:
+                peak = max(peak, _vm_hwm_mb(proc.pid))
+                if proc.poll() is not None:
+                    raise RuntimeError(f"deduplicator exited {proc.returncode}: see {base}")
+                time.sleep(0.2)
+            ours_s = time.perf_counter() - started
+            peak = max(peak, _vm_hwm_mb(proc.pid))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        ours_rate = N / ours_s
+        print(
+            f"deduplicator catch-up (3 x N rows read, N written): {ours_s:.2f} s = "
+            f"{ours_rate:,.0f} unique rows/s, peak RSS {peak:.0f} MB"
+        )
+        print(f"ratio vs raw COPY:   {ours_rate / raw_rate:.2f}x  (target >= 0.6x)")
+        print(f"ratio vs row-by-row: {ours_rate / rbr_rate:.1f}x  (target >= 40x)")
+        print(f"peak RSS:            {peak:.0f} MB  (target <= 300 MB)")
+    finally:
+        for c in clusters:
+            c.destroy()
+
+
+if __name__ == "__main__":
+    main()
