@@ -176,6 +176,7 @@ class Connection:
         if self.firehose:
             for channel in FIREHOSE:
                 await self._send_firehose(channel)
+        self._kick.set()  # subscribe every wanted market again
         control = asyncio.create_task(self._control_loop(), name=f"{self.name}-control")
         try:
             first = True

@@ -1,0 +1,212 @@
+"""Faults from the simulator's admin API: recovered, gaps and dead letters recorded, no doubles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kalshi_data.truth import compare
+from simulator.server import Simulator
+from tests.integration.gatherer_support import (
+    config_data,
+    gatherer,
+    gatherer_db,
+    query,
+    quiesce,
+    simulator,
+    subscribed,
+    wait_for,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning")
+
+
+async def admin(sim: Simulator, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the simulator's admin API."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, f"{sim.admin_url}/{name}", json=body) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def orderbook_sid(sim: Simulator) -> tuple[int, int, int]:
+    """(connection id, sid, market count) of an order-book subscription with markets."""
+    conns = (await admin(sim, "GET", "connections"))["connections"]
+    for c in conns:
+        for s in c["sids"]:
+            if s["channel"] == "orderbook_delta" and s["markets"]:
+                return c["id"], s["sid"], s["markets"]
+    raise AssertionError("no order-book subscription")
+
+
+async def channel_sid(sim: Simulator, channel: str) -> tuple[int, int]:
+    """(connection id, sid) of the firehose ``channel``."""
+    for c in (await admin(sim, "GET", "connections"))["connections"]:
+        for s in c["sids"]:
+            if s["channel"] == channel:
+                return c["id"], s["sid"]
+    raise AssertionError(f"no {channel} subscription")
+
+
+def markets_of_sid(service: Any, sid: int) -> set[str]:
+    """The markets the gatherer placed in subscription ``sid``."""
+    for conn in service.manager.connections:
+        slot = conn.layout.slot_by_sid(sid)
+        if slot is not None:
+            return set(slot.markets)
+    raise AssertionError(f"sid {sid} unknown to the gatherer")
+
+
+async def test_seq_gap_loses_exactly_the_skipped_frames(fresh_db, tmp_path):
+    """A seq gap: gap row names sid and range, resync recovers, only skipped frames missing."""
+    dsn = gatherer_db(fresh_db)
+    async with (
+        simulator(tmp_path, rate=800.0, markets=20, lifecycle_share=0.0) as sim,
+        gatherer(config_data(sim, dsn, tmp_path)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+        conn_id, sid, _ = await orderbook_sid(sim)
+        sid_markets = markets_of_sid(svc, sid)
+        sim.resume()
+        await wait_for(lambda: sim.truth_lines >= 500, 30, "traffic")
+        await admin(sim, "POST", "duplicate", {"conn": conn_id, "sid": sid, "n": 5})
+        await admin(sim, "POST", "malformed", {"conn": conn_id, "kind": "invalid_json"})
+        await admin(sim, "POST", "skip_seq", {"conn": conn_id, "sid": sid, "n": 3})
+        ingest = svc.ingest
+        assert ingest is not None
+        await wait_for(
+            lambda: query(dsn, "SELECT count(*) FROM gaps WHERE state = 'recovered'")[0][0] == 1,
+            30,
+            "the gap to recover",
+        )
+        await wait_for(lambda: sim.truth_lines >= 2500, 30, "more traffic")
+        await quiesce(sim, svc)
+        assert await run.finish() == 0
+    report = compare(dsn, tmp_path / "truth.jsonl")
+    for table, diff in report.items():
+        assert not diff.extra, (table, diff.extra)
+        if table != "orderbook_deltas":
+            assert diff.exact, (table, diff.missing)
+    missing = report["orderbook_deltas"].missing
+    assert sum(missing.values()) == 3, missing
+    assert {ident[0] for ident in missing} <= sid_markets
+    gaps = query(
+        dsn,
+        "SELECT state, sid, channel, expected, received, how, recovered_at IS NOT NULL,"
+        " markets FROM gaps ORDER BY state",
+    )
+    assert len(gaps) == 2
+    (opened, recovered) = gaps
+    assert opened[:3] == ("open", sid, "orderbook_delta")
+    assert opened[4] - opened[3] == 3
+    assert recovered[:3] == ("recovered", sid, "orderbook_delta")
+    assert recovered[5] == "get_snapshot"
+    assert recovered[6] is True
+    assert set(opened[7]) == sid_markets
+    assert query(dsn, "SELECT count(*) FROM orderbook_deltas WHERE suspect")[0][0] >= 1
+    dead = query(dsn, "SELECT source, reason FROM dead_letters")
+    assert len(dead) == 1
+    assert dead[0][0] == "ws"
+
+
+async def test_terminal_errors_and_drops_recover(fresh_db, tmp_path):
+    """Error 25/10 resubscribe, a dropped connection reconnects; nothing doubled, loss bounded."""
+    dsn = gatherer_db(fresh_db)
+    async with (
+        simulator(tmp_path, rate=800.0, markets=20, lifecycle_share=0.0) as sim,
+        gatherer(config_data(sim, dsn, tmp_path)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+        sim.resume()
+        await wait_for(lambda: sim.truth_lines >= 300, 30, "traffic")
+        conn_id, sid, _ = await orderbook_sid(sim)
+        await admin(sim, "POST", "sub_error", {"conn": conn_id, "sid": sid, "code": 25})
+        tconn, tsid = await channel_sid(sim, "trade")
+        await admin(sim, "POST", "sub_error", {"conn": tconn, "sid": tsid, "code": 10})
+        await wait_for(lambda: subscribed(svc), 30, "resubscribed after errors")
+        await wait_for(
+            lambda: query(dsn, "SELECT count(*) FROM gaps WHERE state = 'recovered'")[0][0] == 2,
+            30,
+            "both gaps to recover",
+        )
+        connects = [c.connects for c in svc.manager.connections]  # type: ignore[union-attr]
+        await admin(sim, "POST", "drop", {})
+        await wait_for(
+            lambda: all(
+                c.connects > n and c.up
+                for c, n in zip(svc.manager.connections, connects, strict=True)  # type: ignore[union-attr]
+            ),
+            30,
+            "reconnects",
+        )
+        await wait_for(lambda: subscribed(svc), 30, "resubscribed after the drop")
+        await wait_for(
+            lambda: (
+                query(dsn, "SELECT count(*) FROM gaps WHERE state = 'open'")[0][0]
+                == query(dsn, "SELECT count(*) FROM gaps WHERE state = 'recovered'")[0][0]
+            ),
+            30,
+            "every gap to recover",
+        )
+        await wait_for(lambda: sim.truth_lines >= 3000, 30, "more traffic")
+        await quiesce(sim, svc)
+        health = await svc.health()
+        assert await run.finish() == 0
+    assert health["components"]["open_gaps"] == 0
+    rows = query(dsn, "SELECT channel, how FROM gaps WHERE state = 'recovered'")
+    hows = {(c, h.split(" ")[0]) for c, h in rows}
+    assert ("orderbook_delta", "resubscribe") in hows
+    assert ("trade", "resubscribe") in hows
+    assert ("orderbook_delta", "reconnect") in hows
+    # Loss only inside [detected_at, recovered_at] windows; nothing extra anywhere.
+    windows = query(
+        dsn,
+        "SELECT (extract(epoch FROM o.detected_at) * 1e6)::bigint,"
+        " (extract(epoch FROM r.recovered_at) * 1e6)::bigint"
+        " FROM gaps o JOIN gaps r USING (gap_id) WHERE o.state = 'open' AND r.state = 'recovered'",
+    )
+    lo = min(w[0] for w in windows) - 1_000_000
+    hi = max(w[1] for w in windows) + 1_000_000
+    report = compare(dsn, tmp_path / "truth.jsonl")
+    for table, diff in report.items():
+        assert not diff.extra, (table, diff.extra)
+        for ident in diff.missing:
+            ts = ident[1]
+            assert lo <= ts <= hi, (table, ident, lo, hi)
+    after = compare(dsn, tmp_path / "truth.jsonl", since_us=hi)
+    for table in ("trades", "orderbook_deltas"):
+        assert after[table].exact, (table, after[table].missing)
+        assert after[table].expected > 0
+
+
+async def test_rest_429_burst_and_quiet_markets(fresh_db, tmp_path):
+    """A 429 burst at start is retried through the bucket; silence never kills a connection."""
+    dsn = gatherer_db(fresh_db)
+    async with simulator(tmp_path, markets=30) as sim:
+        await admin(sim, "POST", "rest_faults", {"status": 429, "count": 8})
+        async with gatherer(config_data(sim, dsn, tmp_path, snapshot_interval_s=1)) as run:
+            svc = run.service
+            await wait_for(lambda: subscribed(svc), 60, "all subscriptions despite 429s")
+            stats = await admin(sim, "GET", "stats")
+            assert stats["rest_faults_served"] >= 8
+            open_now = {m.ticker for m in sim.exchange.market_list if m.status_filter == "open"}
+            assert set(svc.registry.markets) == open_now  # type: ignore[union-attr]
+            connects = [c.connects for c in svc.manager.connections]  # type: ignore[union-attr]
+            frames = [c.frames for c in svc.manager.connections]  # type: ignore[union-attr]
+            # The exchange is paused: no data for several ping periods (2 s) and timeouts (5 s);
+            # the server's heartbeat pings and our pings keep every connection up.
+            poller = svc.poller
+            assert poller is not None
+            start = poller.passes
+            await wait_for(lambda: poller.passes >= start + 7, 30, "seven silent seconds")
+            assert [c.connects for c in svc.manager.connections] == connects  # type: ignore[union-attr]
+            assert all(c.up for c in svc.manager.connections)  # type: ignore[union-attr]
+            assert [c.frames for c in svc.manager.connections] == frames  # type: ignore[union-attr]
+            assert await run.finish() == 0
+    assert query(dsn, "SELECT count(*) FROM gaps")[0][0] == 0
