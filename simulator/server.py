@@ -67,6 +67,13 @@ class Simulator:
 
     async def start(self) -> None:
         """Bind the listeners, start the activity driver; URLs are valid afterwards."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         keys: dict[str, PublicKey] = {}
         if cfg.key_id is not None and cfg.public_key_pem is not None:
@@ -109,10 +116,10 @@ class Simulator:
             self._tasks.append(asyncio.create_task(self._deadline(cfg.duration_s), name="sim-end"))
 
     async def _serve(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.config.host, port)
         await site.start()
         return int(runner.addresses[0][1])
 

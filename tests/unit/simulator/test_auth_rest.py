@@ -20,7 +20,7 @@ def _pem(key):
 
 
 @pytest.fixture(scope="module")
-def rsa_pem() -> bytes:
+def rsa_pem():
     return _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 

@@ -20,13 +20,13 @@ def make(**cfg) -> tuple[Hub, Session]:
     return hub, s
 
 
-def drain(s: Session) -> list:
+def drain(s: Session):
     out = [orjson.loads(f) for f in s.out]
     s.out.clear()
     return out
 
 
-def send(s: Session, obj) -> list:
+def send(s: Session, obj):
     s.handle(obj if isinstance(obj, bytes | str) else orjson.dumps(obj))
     return drain(s)
 
