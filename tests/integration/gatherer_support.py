@@ -179,7 +179,8 @@ async def quiesce(sim: Simulator, service: GathererService, timeout_s: float = 3
 def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run one query on a fresh connection."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql.encode(), params).fetchall()
+        cur = conn.execute(sql.encode(), params)
+        return cur.fetchall() if cur.description else []
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:
