@@ -213,7 +213,8 @@ async def test_duplicates_and_replayed_batches_store_nothing_twice(
     """Re-put rows (23505 -> staging) and a spool replaying committed rows add only new rows."""
     admin, dsn = _gatherer_db(pg_cluster)
     first = [_trade(i) for i in range(100)]
-    async with _writer(dsn, tmp_path / "a") as w:
+    m1 = _metrics()
+    async with _writer(dsn, tmp_path / "a", metrics=m1) as w:
         for row in first:
             w.put("trades", row)
         assert await w.wait_idle(30)
@@ -221,6 +222,8 @@ async def test_duplicates_and_replayed_batches_store_nothing_twice(
         for row in [*first[:40], _trade(500), *first[40:], _trade(501)]:
             w.put("trades", row)
         assert await w.wait_idle(30)
+        # the second round hit 23505 and went through staging: only the 2 new rows counted
+        assert _value(m1, "gatherer_rows_written_total", table="trades") == 102
     # a spool whose first batch committed but whose acknowledgement was lost, replayed
     spool = Spool(tmp_path / "b")
     spool.append("trades", first[50:], on_reject=lambda r, why: None)
