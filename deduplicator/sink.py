@@ -72,9 +72,6 @@ async def pin_or_reset(
     await conn.execute(query, gatherer, table, system_identifier)
 
 
-_STAGED: dict[int, set[str]] = {}
-
-
 async def merge_batch(
     conn: asyncpg.Connection,
     lease: LeaseState,
@@ -89,7 +86,6 @@ async def merge_batch(
         NotLeader: the fencing check matched no lease row (another instance leads).
         CursorMoved: the stored cursor is not ``bounds.start``.
     """
-    staged = _STAGED.setdefault(id(conn), set())
     async with conn.transaction():
         if await conn.fetchval(sql.FENCE, lease.epoch, lease.instance_id) is None:
             lease.leader = False
@@ -97,9 +93,9 @@ async def merge_batch(
         row = await conn.fetchrow(sql.CURSOR_LOCK, gatherer, spec.name)
         if row is None or (int(row[0]), int(row[1])) != bounds.start:
             raise CursorMoved(f"{gatherer}/{spec.name} cursor is not {bounds.start}")
-        if spec.name not in staged:
-            await conn.execute(sql.create_stage(spec))
-            staged.add(spec.name)
+        # Every time: a cache of "already created" keyed by connection was wrong after a
+        # reconnect (a new connection object can reuse the old one's id()).
+        await conn.execute(sql.create_stage(spec))
         await conn.copy_to_table(
             sql.stage_name(spec),
             source=pipe.chunks(),
@@ -135,7 +131,3 @@ async def merge_batch(
         None if newest is None else float(newest),
     )
 
-
-def forget_connection(conn: asyncpg.Connection) -> None:
-    """Drop per-connection staging bookkeeping (the temp tables die with the session)."""
-    _STAGED.pop(id(conn), None)

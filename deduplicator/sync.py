@@ -107,7 +107,6 @@ class GathererSync:
         """Close both connections (abort in-flight work; the transaction rolls back)."""
         for conn in (self._gconn, self._pconn):
             if conn is not None and not conn.is_closed():
-                sink.forget_connection(conn)
                 conn.terminate()
         self._gconn = self._pconn = None
 

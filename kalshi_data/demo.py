@@ -100,13 +100,15 @@ def _python() -> str:
     return sys.executable
 
 
-def _setup_databases(demo: Demo, n_gatherers: int) -> tuple[str, list[dict[str, str]]]:
+def _setup_databases(
+    demo: Demo, n_gatherers: int, prod_settings: dict[str, str] | None = None
+) -> tuple[str, list[dict[str, str]]]:
     """Clusters, migrations and users; returns the dedup's production DSN file and gatherer DSNs."""
     console.print("[bold]starting PostgreSQL clusters[/] (production + one per gatherer)")
     names = ["production", *[f"g{i + 1}" for i in range(n_gatherers)]]
     for name in names:
         cluster = PgCluster(demo.workdir / "pg" / name)
-        cluster.init()
+        cluster.init(prod_settings if name == "production" else None)
         cluster.start()
         demo.clusters[name] = cluster
     prod = demo.clusters["production"]
