@@ -1,0 +1,32 @@
+"""Helpers for the operations tests: find a real tool or skip with the reason, run it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL_TIMEOUT_S = 120
+
+
+def require_tool(name: str, *extra_dirs: Path) -> str:
+    """Path of ``name`` in ``extra_dirs`` or on PATH; skip the test when absent."""
+    found = None
+    for directory in extra_dirs:  # preferred over PATH (e.g. the project's .venv/bin)
+        candidate = directory / name
+        if found is None and candidate.is_file():
+            found = str(candidate)
+    found = found or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (make pg installs the system tools)")
+    return found
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion with a deadline; output captured as text."""
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+    )
