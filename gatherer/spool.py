@@ -398,6 +398,16 @@ class Spool:
                     continue
                 yield SpoolBatch(item.offset, item.end, table, rows)
 
+    def quarantine(self, path: Path) -> Path:
+        """Set a replayed segment that held corrupt bytes aside (``.corrupt``) for inspection."""
+        with contextlib.suppress(ValueError):
+            self._closed.remove(path)
+        self._bytes -= self._sizes.pop(path, 0)
+        target = path.with_name(path.name + ".corrupt")
+        path.rename(target)
+        self._dir_dirty = True
+        return target
+
     def remove(self, path: Path) -> None:
         """Delete a closed segment whose batches have all been committed."""
         with contextlib.suppress(ValueError):

@@ -535,9 +535,16 @@ class Writer:
         """Replay closed segments oldest first; delete each once all its batches committed."""
         self._spool.seal()
         for segment in self._spool.closed_segments():
-            if not await self._replay_segment(segment):
+            replayed = await self._replay_segment(segment)
+            if replayed is None:
                 return
-            self._spool.remove(segment)
+            if replayed:
+                kept = self._spool.quarantine(segment)
+                log.error(
+                    "spool segment had corrupt bytes: replayed what was intact, kept %s", kept
+                )
+            else:
+                self._spool.remove(segment)
             self._m_spool.set(self._spool.bytes)
         if not self._spool.has_data() and self._replayed[0]:
             log.info(
@@ -545,26 +552,31 @@ class Writer:
             )
             self._replayed = [0, 0]
 
-    async def _replay_segment(self, segment: Path) -> bool:
+    async def _replay_segment(self, segment: Path) -> bool | None:
+        """Commit a segment's batches: None if the database failed, else whether it was corrupt."""
         resume = 0
+        corrupt = False
         if self._replay_resume is not None and self._replay_resume[0] == segment:
             resume = self._replay_resume[1]
         chunk: list[SpoolBatch] = []
         n = 0
         with contextlib.closing(self._spool.read(segment)) as items:
             for item in items:
-                if isinstance(item, Damage) or item.end <= resume:
+                if isinstance(item, Damage):
+                    corrupt = corrupt or item.kind == "corrupt"
+                    continue
+                if item.end <= resume:
                     continue
                 chunk.append(item)
                 n += len(item.rows)
                 if n >= self._batch_rows:
                     if not await self._replay_chunk(segment, chunk):
-                        return False
+                        return None
                     chunk, n = [], 0
         if chunk and not await self._replay_chunk(segment, chunk):
-            return False
+            return None
         self._replay_resume = None
-        return True
+        return corrupt
 
     async def _replay_chunk(self, segment: Path, chunk: list[SpoolBatch]) -> bool:
         merged: dict[str, list[Row]] = {}

@@ -463,3 +463,24 @@ async def test_rows_put_after_stop_are_spooled(fresh_db: str, tmp_path: Path) ->
     async with _writer(fresh_db, tmp_path) as w2:
         assert await w2.wait_idle(10)
     assert await _fetch(fresh_db, "trades") == _expected("trades", [_trade(1)])
+
+
+async def test_corrupt_spool_record_skipped_segment_kept(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """A record with a bad checksum is skipped, intact ones replay, the segment is set aside."""
+    admin, dsn = _gatherer_db(pg_cluster)
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir)
+    batches = [[_trade(i) for i in range(k * 10, k * 10 + 10)] for k in range(3)]
+    sizes = [spool.append("trades", b, on_reject=lambda r, why: None) for b in batches]
+    spool.close()
+    [segment] = _segments(spool_dir)
+    data = bytearray(segment.read_bytes())
+    data[sizes[0] + 40] ^= 0xFF  # inside the second record's payload
+    segment.write_bytes(bytes(data))
+    async with _writer(dsn, spool_dir) as w:
+        assert await w.wait_idle(30)
+    assert await _fetch(admin, "trades") == _expected("trades", [*batches[0], *batches[2]])
+    assert _segments(spool_dir) == []
+    assert [p.name for p in spool_dir.glob("*.corrupt")] == [segment.name + ".corrupt"]

@@ -273,3 +273,17 @@ def test_error_reason_names_sqlstate_and_constraint() -> None:
 
     assert error_reason(Fake("boom")) == "23514 trades_yes_price_check"
     assert error_reason(ValueError("bad")) == "encode ValueError: bad"
+
+
+def test_quarantine_sets_a_segment_aside(tmp_path: Path) -> None:
+    """A quarantined segment leaves the replay list and the byte count but stays on disk."""
+    spool = Spool(tmp_path)
+    spool.append("trades", [TRADE_ROW], on_reject=_reject)
+    spool.seal()
+    [segment] = spool.closed_segments()
+    kept = spool.quarantine(segment)
+    assert kept.exists()
+    assert kept.name.endswith(".spool.corrupt")
+    assert spool.closed_segments() == []
+    assert spool.bytes == 0
+    assert Spool(tmp_path).closed_segments() == []
