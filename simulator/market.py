@@ -27,6 +27,8 @@ from simulator.pool import Pool
 Emitted = tuple[str, str | None, dict[str, Any]]
 
 ZIPF_EXPONENT = 1.1
+#: Reference date for ticker names (2026-09-21), independent of when the simulator runs.
+NAME_EPOCH_S = 1_790_000_000
 MAX_LEVELS = 30
 BURST_START = 0.0005
 DELTA = "orderbook_delta"
@@ -105,7 +107,8 @@ class Exchange:
         else:
             series = self.series[rng.choice(list(self.series))]
         strike = now_s + rng.randint(1, 60) * 86_400
-        ticker = self.namer.event(series.ticker, strike)
+        # Names come from the RNG only (not the wall clock) so a seed names the same tickers.
+        ticker = self.namer.event(series.ticker, NAME_EPOCH_S + strike - now_s)
         ev = Event(
             index=len(self.event_list),
             event_ticker=ticker,
