@@ -113,8 +113,9 @@ class GathererConfig:
     snapshot_batch: int = 100
     #: Full REST reconcile of markets/events/series.
     reconcile_interval_s: float = 300.0
-    #: Registry status filter at start and on reconcile (Kalshi's filter vocabulary).
-    market_status: Literal["open", "unopened", "closed", "settled"] = "open"
+    #: Markets carried, by REST status filter (Kalshi's filter vocabulary). ``unopened`` too, so
+    #: a market is subscribed before its activation and its first deltas are not missed.
+    market_statuses: tuple[Literal["open", "unopened"], ...] = ("unopened", "open")
     #: Reconnect backoff (Full Jitter), forever.
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
@@ -139,6 +140,8 @@ class GathererConfig:
             _positive(name, getattr(self, name))
         if self.backoff_cap_s < self.backoff_base_s:
             raise ConfigError("backoff_cap_s", "must be >= backoff_base_s")
+        if not self.market_statuses:
+            raise ConfigError("market_statuses", "at least one status is required")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
 

@@ -162,7 +162,7 @@ class GathererService:
             m,
             open_markets=manager.add_markets,
             close_markets=manager.remove_markets,
-            statuses=(cfg.market_status,),
+            statuses=cfg.market_statuses,
         )
         self.registry = registry
         ingest.on_lifecycle = registry.on_lifecycle

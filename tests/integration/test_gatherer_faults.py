@@ -195,7 +195,11 @@ async def test_rest_429_burst_and_quiet_markets(fresh_db, tmp_path):
             await wait_for(lambda: subscribed(svc), 60, "all subscriptions despite 429s")
             stats = await admin(sim, "GET", "stats")
             assert stats["rest_faults_served"] >= 8
-            open_now = {m.ticker for m in sim.exchange.market_list if m.status_filter == "open"}
+            open_now = {
+                m.ticker
+                for m in sim.exchange.market_list
+                if m.status_filter in {"open", "unopened"}
+            }
             assert set(svc.registry.markets) == open_now  # type: ignore[union-attr]
             connects = [c.connects for c in svc.manager.connections]  # type: ignore[union-attr]
             frames = [c.frames for c in svc.manager.connections]  # type: ignore[union-attr]

@@ -72,7 +72,9 @@ async def test_sigterm_mid_burst_loses_nothing(fresh_db, tmp_path):
         data = config_data(sim, writer_dsn(dsn), tmp_path, http={"listen": f"127.0.0.1:{port}"})
         cfg = write_config(tmp_path / "g.yaml", data)
         log = tmp_path / "gatherer.log"
-        open_markets = {m.ticker for m in sim.exchange.market_list if m.status_filter == "open"}
+        open_markets = {
+            m.ticker for m in sim.exchange.market_list if m.status_filter in {"open", "unopened"}
+        }
         with gatherer_process(cfg, log) as proc:
             await wait_for(lambda: sim_subscribed(sim, open_markets), 60, "subscriptions")
             sim.resume()
