@@ -52,7 +52,9 @@ class Service:
     _out: IO[bytes] | None = None
 
     def start(self, *, stdout_pipe: bool = False) -> None:
-        """Launch, logging to ``log`` (stdout piped when the caller must read it)."""
+        """Launch (or relaunch), logging to ``log`` (stdout piped when the caller reads it)."""
+        if self._out is not None:
+            self._out.close()
         self._out = self.log.open("ab")
         self.proc = subprocess.Popen(
             self.argv,
@@ -74,6 +76,8 @@ class Service:
                 self.proc.wait(10)
         if self._out is not None:
             self._out.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
 

@@ -71,13 +71,21 @@ def _identity(spec: TableSpec, row: tuple[Any, ...]) -> Identity:
     return tuple(_norm(row[names.index(c)], types[c]) for c in spec.identity)
 
 
-def load_truth(path: Path, *, since_us: int | None = None, until_us: int | None = None) -> Truth:
-    """Identities of the truth file's events (optionally only exchange times in a window)."""
+def load_truth(
+    path: Path,
+    *,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    skip_lines: int = 0,
+) -> Truth:
+    """Identities of the truth file's events: optionally only exchange times in a window, or
+    only the lines after the first ``skip_lines`` (occurrence indexes still count from the
+    start of the stream)."""
     tables: dict[str, Counter[Identity]] = {s.name: Counter() for s in COMPARED}
     occurrences: Counter[Identity] = Counter()
     unparsed = 0
     with path.open("rb") as f:
-        for line in f:
+        for lineno, line in enumerate(f):
             if not line.strip():
                 continue
             obj = orjson.loads(line)
@@ -98,6 +106,8 @@ def load_truth(path: Path, *, since_us: int | None = None, until_us: int | None 
             else:
                 row = rec.row(0)
                 ident = _identity(spec, row)
+            if lineno < skip_lines:
+                continue
             if spec.partitioned and (since_us is not None or until_us is not None):
                 ts = row[spec.column_names.index("exchange_ts")]
                 if (since_us is not None and ts < since_us) or (
@@ -142,17 +152,12 @@ def database_identities(
     return out
 
 
-def compare(
-    dsn: str, truth_path: Path, *, since_us: int | None = None, until_us: int | None = None
-) -> dict[str, TableDiff]:
-    """Multiset difference between the truth file and the database, per table."""
-    truth = load_truth(truth_path, since_us=since_us, until_us=until_us)
-    found = database_identities(dsn, since_us=since_us, until_us=until_us)
+def diff(truth: Truth, found: dict[str, Counter[Identity]]) -> dict[str, TableDiff]:
+    """Per-table multiset difference (sets for state tables: identical states are one fact)."""
     report = {}
     for spec in COMPARED:
         want, have = truth.tables[spec.name], found[spec.name]
         if spec.kind == "state":
-            # Identical states are the same fact (DESIGN §3): compare as sets.
             want, have = Counter(set(want)), Counter(set(have))
         report[spec.name] = TableDiff(
             expected=sum(want.values()),
@@ -161,3 +166,12 @@ def compare(
             extra=have - want,
         )
     return report
+
+
+def compare(
+    dsn: str, truth_path: Path, *, since_us: int | None = None, until_us: int | None = None
+) -> dict[str, TableDiff]:
+    """Multiset difference between the truth file and the database, per table."""
+    truth = load_truth(truth_path, since_us=since_us, until_us=until_us)
+    found = database_identities(dsn, since_us=since_us, until_us=until_us)
+    return diff(truth, found)

@@ -58,9 +58,12 @@ async def running(cfg: dict[str, object]) -> AsyncIterator[Deduplicator]:
         assert await asyncio.wait_for(task, 30) == 0
 
 
-def _exactly_once(topo: Topology, lo: int, hi: int) -> bool:
+def _exactly_once(topo: Topology, lo: int, hi: int, *, deltas: bool = True) -> bool:
+    """Trades AND deltas complete (deltas sync after trades: waiting on trades alone races)."""
     trades = production_trades(topo)
-    return set(trades) == expected_trades(lo, hi) and max(trades.values(), default=1) == 1
+    if set(trades) != expected_trades(lo, hi) or max(trades.values(), default=1) != 1:
+        return False
+    return not deltas or production_deltas(topo) == expected_deltas(lo, hi)
 
 
 def _assert_exactly_once(topo: Topology, lo: int, hi: int) -> None:
@@ -138,7 +141,9 @@ async def test_cursor_never_skips_slow_or_concurrent_commits(topo: Topology) -> 
         slow.commit()
         slow.close()
         stop.set()
-        await await_for(lambda: _exactly_once(topo, 0, 12999), 60, "every committed row")
+        await await_for(
+            lambda: _exactly_once(topo, 0, 12999, deltas=False), 60, "every committed row"
+        )
     trades = production_trades(topo)
     assert len(trades) == 13000
     assert set(trades.values()) == {1}
@@ -168,6 +173,7 @@ def test_kill9_mid_batch_then_restart(topo: Topology, tmp_path: Path) -> None:
         proc2 = DedupProcess(topo.config(batch_rows=3000), tmp_path).start()
         try:
             wait_for(lambda: _count(topo) == n, 120, "catch-up after restart")
+            wait_for(lambda: _exactly_once(topo, 0, n - 1), 120, "trades and deltas")
             assert proc2.kill(signal.SIGTERM) == 0
         finally:
             proc2.stop()
