@@ -181,15 +181,21 @@ class Connection:
         try:
             first = True
             ingest = self._ingest
-            async for frame in ws:
+            feed = self.proto.feed
+            recv = ws.recv
+            while True:
+                try:
+                    # decode=False: text frames as bytes, no UTF-8 decode + re-encode per frame
+                    raw = await recv(decode=False)
+                except websockets.ConnectionClosedOK:
+                    return
                 received = now_us()
                 self.frames += 1
                 self.last_frame_mono = time.monotonic()
                 if first:
                     backoff.reset()  # the link works: the next failure starts from base again
                     first = False
-                raw = frame if isinstance(frame, bytes) else frame.encode()
-                for event in self.proto.feed(raw):
+                for event in feed(raw):
                     if isinstance(event, Data):
                         ingest.record(event.record, event.type, received)
                     else:
