@@ -177,6 +177,45 @@ async def _copy_baseline(src_dsn: str, dst_dsn: str) -> tuple[int, float]:
         await dst.close()
 
 
+async def _pipeline_ceiling(dsn: str, truth: Path, limit: int = 300_000) -> tuple[int, float]:
+    """The gatherer's own code path without the network: frames -> WsProtocol.feed -> Ingest ->
+    Writer -> PostgreSQL, as fast as it goes; (frames, seconds) until the writer is idle."""
+    import orjson  # noqa: PLC0415
+
+    from gatherer.ingest import Ingest  # noqa: PLC0415
+    from gatherer.metrics import GathererMetrics  # noqa: PLC0415
+    from gatherer.writer import Writer  # noqa: PLC0415
+    from kalshi_data.kalshi.wsproto import Data, WsProtocol  # noqa: PLC0415
+
+    frames = []
+    seq = 0
+    with truth.open("rb") as f:
+        for line in f:
+            obj = orjson.loads(line)
+            seq += 1
+            frames.append(
+                orjson.dumps({"type": obj["type"], "sid": 1, "seq": seq, "msg": obj["msg"]})
+            )
+            if len(frames) >= limit:
+                break
+    writer = Writer(dsn, truth.parent / "ceiling-spool", metrics=GathererMetrics("ceiling"))
+    await writer.start()
+    ingest = Ingest(writer.put)
+    proto = WsProtocol()
+    started = time.perf_counter()
+    for i, raw in enumerate(frames):
+        received = time.time_ns() // 1000
+        for event in proto.feed(raw):
+            if isinstance(event, Data):
+                ingest.record(event.record, event.type, received)
+        if i % 2000 == 0:
+            await asyncio.sleep(0)  # let the writer run, as the socket reads do
+    assert await writer.wait_idle(300)
+    elapsed = time.perf_counter() - started
+    await writer.stop()
+    return len(frames), elapsed
+
+
 def main() -> None:
     """Run the stages and the COPY baseline; print a table and the ratio."""
     with tempfile.TemporaryDirectory(prefix="kd-bench-gatherer-") as tmpdir:
@@ -186,11 +225,22 @@ def main() -> None:
             migrate(dsn, "gatherer")
             base = cluster.create_database("baseline")
             migrate(base, "gatherer")
+            ceiling = cluster.create_database("ceiling")
+            migrate(ceiling, "gatherer")
             bench = Bench(tmp, dsn)
             try:
                 _run(bench, tmp, dsn, base)
             finally:
                 bench.stop()
+            n, secs = asyncio.run(_pipeline_ceiling(ceiling, tmp / "truth.jsonl"))
+            stored = sum(
+                _db_count(ceiling, f"SELECT count(*) FROM {t}")
+                for t in ("orderbook_deltas", "trades")
+            )
+            print(
+                f"gatherer code path without sockets (feed -> ingest -> writer -> DB, one "
+                f"process): {n / secs:,.0f} frames/s ({n:,} frames, {stored:,} event rows)"
+            )
 
 
 def _run(bench: Bench, tmp: Path, dsn: str, base: str) -> None:
@@ -259,6 +309,12 @@ def _run(bench: Bench, tmp: Path, dsn: str, base: str) -> None:
             flush=True,
         )
         if not ok:
+            time.sleep(5)
+            again = compare(dsn, tmp / "truth.jsonl")
+            print(f"  5 s later: missing {sum(sum(d.missing.values()) for d in again.values())}")
+            for name, d in report.items():
+                if d.missing or d.extra:
+                    print(f"  {name}: missing {list(d.missing)[:3]} extra {list(d.extra)[:3]}")
             break
     stored = _db_count(dsn, "SELECT count(*) FROM orderbook_deltas") + _db_count(
         dsn, "SELECT count(*) FROM trades"

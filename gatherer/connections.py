@@ -225,7 +225,6 @@ class Connection:
                 received=None,
                 how="reconnect",
             )
-            self._metrics.gaps.labels(self._metrics.gatherer_id).inc()
         if self.firehose:
             for channel in FIREHOSE:
                 if channel not in self._firehose_gaps:
@@ -315,7 +314,6 @@ class Connection:
 
     async def _on_gap(self, event: Gap, received: int) -> None:
         metrics = self._metrics
-        metrics.gaps.labels(metrics.gatherer_id).inc()
         channel = event.channel or self._firehose_sids.get(event.sid, "unknown")
         slot = self.layout.slot_by_sid(event.sid)
         if slot is None:
@@ -385,8 +383,7 @@ class Connection:
                 how=f"resubscribe (error {event.code})",
                 received_at_us=received,
             )
-            metrics.gaps.labels(metrics.gatherer_id).inc()
-        self._kick.set()
+            self._kick.set()
 
     async def _on_command_error(self, event: CommandError) -> None:
         p = self._pending.pop(event.cmd_id, None) if event.cmd_id is not None else None
@@ -462,6 +459,16 @@ class ConnectionManager:
                 self._ingest.forget_market(m)
                 n += 1
         return n
+
+    def is_live(self, market: str) -> bool:
+        """Is ``market`` in an acknowledged order-book subscription with no command pending?"""
+        i = self.plan.owner(market)
+        if i is None:
+            return False
+        layout = self.connections[i].layout
+        slot_id = layout.slot_of(market)
+        slot = layout.slot(slot_id) if slot_id is not None else None
+        return slot is not None and slot.sid is not None and not slot.busy
 
     @property
     def markets(self) -> int:

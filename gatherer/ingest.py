@@ -75,6 +75,9 @@ class Ingest:
         self._reported_dead: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
         self.last_data_mono = 0.0
+        self._expect_empty: set[str] = set()
+        #: Gaps opened since start (the service publishes it as ``gatherer_gaps_total``).
+        self.gaps_opened = 0
 
     def record(self, rec: Record | DeadLetter, frame_type: str, received_at_us: int) -> None:
         """One data frame's record (or its dead letter)."""
@@ -92,6 +95,8 @@ class Ingest:
         elif isinstance(rec, SnapshotRec):
             put("orderbook_snapshots", rec.row(received_at_us))
             self.rows["orderbook_snapshots"] += 1
+            if rec.ticker in self._expect_empty:
+                self._first_snapshot(rec, received_at_us)
             for gap in self.gaps.snapshot(rec.ticker):
                 self._recovered(gap, received_at_us)
         elif isinstance(rec, LifecycleRec):
@@ -103,6 +108,27 @@ class Ingest:
             self.dead_letter(rec.reason, rec.raw, "ws", received_at_us)
         else:  # metadata records never arrive on the WebSocket
             self.dead_letter(f"unexpected record {type(rec).__name__}", b"", "ws", received_at_us)
+
+    def expect_empty_book(self, market: str) -> None:
+        """``market`` was just created: its first snapshot should show an empty book."""
+        self._expect_empty.add(market)
+
+    def _first_snapshot(self, rec: SnapshotRec, received_at_us: int) -> None:
+        self._expect_empty.discard(rec.ticker)
+        if not rec.yes and not rec.no:
+            return
+        # Orders rested before our subscription existed: their deltas never reached us. The
+        # snapshot itself is the recovery, so the gap opens and closes here.
+        gap = self.open_gap(
+            sid=rec.sid,
+            channel="orderbook_delta",
+            markets=(rec.ticker,),
+            expected=None,
+            received=rec.seq,
+            how="late_subscribe",
+            received_at_us=received_at_us,
+        )
+        self.gap_recovered(gap, received_at_us)
 
     def dead_letter(self, reason: str, raw: bytes, source: str, received_at_us: int) -> None:
         """Store a rejected input with its reason (DESIGN §3: bad input is data)."""
@@ -134,6 +160,7 @@ class Ingest:
         )
         self._put("gaps", gap_row(gap, recovered_at_us=None, received_at_us=at))
         self.rows["gaps"] += 1
+        self.gaps_opened += 1
         log.warning(
             "gap on sid %s (%s): expected seq %s, received %s; %d markets suspect until resync",
             sid,

@@ -197,6 +197,10 @@ class Registry:
         """A lifecycle message: open/close markets at once, refetch metadata in the background."""
         if rec.kind == "market":
             if rec.event_type in OPENING:
+                if rec.ticker not in self.markets:
+                    # New to us: its first snapshot must be empty, or deltas flowed before our
+                    # subscription existed (a gap, DESIGN §3).
+                    self._ingest.expect_empty_book(rec.ticker)
                 self._open([rec.ticker], "initialized")
                 self._refetch_markets.add(rec.ticker)
             elif rec.event_type in CLOSING:

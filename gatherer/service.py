@@ -70,6 +70,7 @@ class GathererService:
         self.health_server: HealthServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started_mono = time.monotonic()
+        self._gaps_reported = 0
         self.rows_put: dict[str, int] = {}
 
     # -- start-up ---------------------------------------------------------------------------
@@ -277,6 +278,9 @@ class GathererService:
                 m.messages.labels(gid, channel).inc(n)
             for source, n in dead.items():
                 m.dead_letters.labels(gid, source).inc(n)
+            if ingest.gaps_opened > self._gaps_reported:
+                m.gaps.labels(gid).inc(ingest.gaps_opened - self._gaps_reported)
+                self._gaps_reported = ingest.gaps_opened
             age = self.last_message_age()
             if age is not None:
                 m.last_message_age.labels(gid).set(age)
