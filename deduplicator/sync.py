@@ -25,6 +25,10 @@ from kalshi_data.tables import SYNCED_TABLES
 
 log = logging.getLogger("deduplicator.sync")
 
+#: How often the gatherer cluster's identity is checked again while connected (a restore that
+#: rewinds xids without a reconnect is caught within this).
+IDENTITY_CHECK_S = 10.0
+
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
@@ -74,6 +78,8 @@ class GathererSync:
         self.wake = wake or asyncio.Event()
         self._gconn: asyncpg.Connection | None = None
         self._pconn: asyncpg.Connection | None = None
+        self._positions: dict[str, tuple[int, int]] | None = None
+        self._checked_at = 0.0
 
     # ------------------------------------------------------------------ connections
     def _on_notify(self, *_args: object) -> None:
@@ -109,6 +115,7 @@ class GathererSync:
             if conn is not None and not conn.is_closed():
                 conn.terminate()
         self._gconn = self._pconn = None
+        self._positions = None
 
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -126,6 +133,7 @@ class GathererSync:
                 return
             except CursorMoved as exc:
                 log.warning("cursor moved under this instance: %s; reloading", exc)
+                self._positions = None
                 continue
             except asyncio.CancelledError:
                 raise
@@ -172,10 +180,11 @@ class GathererSync:
             _BREAKER_VALUE[self.breaker.state]
         )
 
-    async def _round(self) -> bool:
-        """Merge at most one batch per table; True when anything was merged."""
-        gconn = await self._gatherer()
-        pconn = await self._production()
+    async def _check_cursors(
+        self, gconn: asyncpg.Connection, pconn: asyncpg.Connection
+    ) -> dict[str, tuple[int, int]]:
+        """Check the gatherer cluster's identity against the stored cursors (pin, or reset for a
+        rescan) and return every table's cursor position."""
         try:
             ident = await source.identity(gconn)
         except Exception as exc:
@@ -184,6 +193,7 @@ class GathererSync:
         self.status.system_identifier = ident.system_identifier
         self.metrics.gatherer_up.labels(self.src.id).set(1)
         cursors = await sink.load_cursors(pconn, self.src.id)
+        changed = False
         for name, stored in cursors.items():
             if stored.system_identifier is None:
                 await sink.pin_or_reset(
@@ -204,7 +214,24 @@ class GathererSync:
                     pconn, self.src.id, name, system_identifier=ident.system_identifier, reset=True
                 )
                 self.metrics.cursor_rescans.labels(self.src.id, name).inc()
-        cursors = await sink.load_cursors(pconn, self.src.id)
+                changed = True
+        if changed:
+            cursors = await sink.load_cursors(pconn, self.src.id)
+        self._checked_at = time.monotonic()
+        return {name: c.position for name, c in cursors.items()}
+
+    async def _round(self) -> bool:
+        """Merge at most one batch per table; True when anything was merged.
+
+        Cursor positions are cached between rounds (the CAS in every merge still checks them
+        against production); they are reloaded, and the cluster identity checked again, after a
+        reconnect, a failed CAS, and every ``IDENTITY_CHECK_S`` seconds.
+        """
+        gconn = await self._gatherer()
+        pconn = await self._production()
+        if self._positions is None or time.monotonic() - self._checked_at > IDENTITY_CHECK_S:
+            self._positions = await self._check_cursors(gconn, pconn)
+        positions = self._positions
         try:
             horizon = await source.horizon(gconn)
         except Exception as exc:
@@ -215,7 +242,7 @@ class GathererSync:
             if not self.lease.leader:
                 raise NotLeader("stepped down")
             progress = self.status.tables[spec.name]
-            cursor = cursors[spec.name].position
+            cursor = positions[spec.name]
             progress.cursor = cursor
             try:
                 bounds = await source.next_batch(
@@ -246,13 +273,15 @@ class GathererSync:
             self.metrics.batch_seconds.observe(time.monotonic() - started)
             self.metrics.record_merge(self.src.id, spec.name, result.rows, result.inserted)
             progress.cursor = bounds.end
+            positions[spec.name] = bounds.end
             progressed = True
             if bounds.rows < self.cfg.batch_rows and result.newest_received_at is not None:
                 # The batch took everything pending below the horizon at `now`.
                 progress.fresh_until = now
             elif result.newest_received_at is not None:
                 progress.fresh_until = result.newest_received_at
-            progress.backlog = await source.backlog(gconn, spec, bounds.end[1])
+            full = bounds.rows >= self.cfg.batch_rows
+            progress.backlog = await source.backlog(gconn, spec, bounds.end[1]) if full else 0
         return progressed
 
     def publish_lag(self, now: float) -> None:
