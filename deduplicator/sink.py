@@ -130,4 +130,3 @@ async def merge_batch(
         int(merged[1]) + cleared,
         None if newest is None else float(newest),
     )
-
