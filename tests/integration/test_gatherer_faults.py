@@ -214,3 +214,24 @@ async def test_rest_429_burst_and_quiet_markets(fresh_db, tmp_path):
             assert [c.frames for c in svc.manager.connections] == frames  # type: ignore[union-attr]
             assert await run.finish() == 0
     assert query(dsn, "SELECT count(*) FROM gaps")[0][0] == 0
+
+
+async def test_dead_peer_detected_by_ping_timeout(fresh_db, tmp_path):
+    """A peer that stops answering pings is dropped by ping/pong liveness and reconnected."""
+    dsn = gatherer_db(fresh_db)
+    async with (
+        simulator(tmp_path, markets=10) as sim,
+        gatherer(config_data(sim, dsn, tmp_path, connections=1)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+        conn = svc.manager.connections[0]  # type: ignore[union-attr]
+        connects = conn.connects
+        (sim_conn,) = (await admin(sim, "GET", "connections"))["connections"]
+        await admin(sim, "POST", "pings", {"conn": sim_conn["id"], "enabled": False})
+        # ping_interval_s=2, ping_timeout_s=5 in config_data: a dead peer is seen within ~7 s.
+        await wait_for(lambda: conn.connects > connects, 20, "a reconnect after missed pongs")
+        await wait_for(lambda: subscribed(svc), 30, "resubscribed")
+        assert await run.finish() == 0
+    rows = query(dsn, "SELECT state, how FROM gaps ORDER BY state")
+    assert ("recovered", "reconnect") in rows
