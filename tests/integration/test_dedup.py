@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +21,7 @@ from deduplicator.config import DedupConfig
 from deduplicator.service import Deduplicator
 from kalshi_data.config import load_config
 from kalshi_data.pgcluster import PgCluster
+from kalshi_data.restore import restore
 from tests.integration.dedup_support import (
     TRADE_SQL,
     DedupProcess,
@@ -303,7 +305,8 @@ def test_permanent_errors_exit_nonzero_with_a_message(
 
 
 async def test_rebuilt_gatherer_is_rescanned_not_skipped(topo: Topology, tmp_path: Path) -> None:
-    """A gatherer DB rebuilt (new system identifier, xids from scratch) is rescanned."""
+    """A gatherer DB rebuilt (new system identifier, xids from scratch) and refilled with
+    restore-gatherer is rescanned: nothing skipped, nothing doubled."""
     from kalshi_data.migrate import migrate
     from kalshi_data.users import create_user
 
@@ -325,10 +328,22 @@ async def test_rebuilt_gatherer_is_rescanned_not_skipped(topo: Topology, tmp_pat
     rebuilt.create_database("gatherer")
     migrate(rebuilt.dsn("gatherer"), "gatherer")
     create_user(rebuilt.dsn("gatherer"), "dedup_reader", "reader", "reader-test-pw")
+    # The runbook's recovery: restore production's recent window into the rebuilt cluster.
+    restored = await restore(
+        topo.prod_dsn(superuser=True), rebuilt.dsn("gatherer"), timedelta(days=3)
+    )
+    assert restored["trades"] == 4000
     load_rows(topo, 0, 4000, 4999)  # new rows at low xids in the new cluster
     async with running(cfg) as d:
         await await_for(lambda: _exactly_once(topo, 0, 4999), 30, "rows of the rebuilt cluster")
         assert d.metrics.cursor_rescans.labels("g1", "trades")._value.get() == 1
+        # The restored rows were read again and merged without doubling anything.
+        await await_for(
+            lambda: d.metrics.rows_read.labels("g1", "trades")._value.get() >= 5000,
+            30,
+            "the rescan to read the restored rows",
+        )
+    _assert_exactly_once(topo, 0, 4999)
 
 
 async def test_health_endpoint_over_http(topo: Topology) -> None:
