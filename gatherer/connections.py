@@ -97,6 +97,7 @@ class Connection:
         self._pending: dict[int, _Pending] = {}
         self._firehose_sids: dict[int, str] = {}
         self._firehose_gaps: dict[str, OpenGap] = {}
+        self._firehose_retry: set[str] = set()
         self._ws: ClientConnection | None = None
         self._kick = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -167,6 +168,7 @@ class Connection:
         self.layout.reset()
         self._pending.clear()
         self._firehose_sids.clear()
+        self._firehose_retry.clear()
         self.up = True
         self.connects += 1
         if self._connected_once:
@@ -248,6 +250,9 @@ class Connection:
             await self._sync()
 
     async def _sync(self) -> None:
+        for channel in sorted(self._firehose_retry):
+            self._firehose_retry.discard(channel)
+            await self._send_firehose(channel)
         for action in self.layout.plan():
             if isinstance(action, Subscribe):
                 cmd = self.proto.subscribe([ORDERBOOK], action.markets)
@@ -397,8 +402,9 @@ class Connection:
         if p is None:
             return
         if p.kind == "firehose" and p.channel is not None:
-            await asyncio.sleep(self._cfg.backoff_base_s)
-            await self._send_firehose(p.channel)
+            # Retried by the control loop after a pause (never sleep in the reader).
+            self._firehose_retry.add(p.channel)
+            asyncio.get_running_loop().call_later(self._cfg.backoff_base_s, self._kick.set)
         elif p.kind in {"subscribe", "add"} and p.slot_id is not None:
             self.layout.failed(p.slot_id, p.markets, full=event.code == MARKET_LIMIT)
             # Retried by the next plan; a short pause keeps a persistent refusal from spinning.

@@ -215,6 +215,9 @@ class SubscriptionLayout:
             slot.markets.discard(m)
         if full:
             slot.capacity = len(slot.markets)
+            if slot.sid is None:
+                # A whole new subscription was refused: the exchange's cap is below ours.
+                self.per_subscription = max(1, len(markets) // 2)
         if slot.sid is None and not slot.markets:
             del self._slots[slot_id]
 

@@ -235,3 +235,34 @@ async def test_dead_peer_detected_by_ping_timeout(fresh_db, tmp_path):
         assert await run.finish() == 0
     rows = query(dsn, "SELECT state, how FROM gaps ORDER BY state")
     assert ("recovered", "reconnect") in rows
+
+
+async def test_market_limit_error_26_splits_subscriptions(fresh_db, tmp_path):
+    """The exchange caps markets per subscription below ours: every market still ends up in
+    exactly one order-book subscription, and the capture is exact."""
+    dsn = gatherer_db(fresh_db)
+    async with (
+        simulator(tmp_path, markets=30, max_markets_per_sub=4, rate=600.0) as sim,
+        gatherer(config_data(sim, dsn, tmp_path, markets_per_subscription=10)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 60, "all subscriptions within the cap")
+        placed = [
+            t
+            for c in sim.ws.connections.values()
+            for s in c.session.subs.values()
+            if s.channel == "orderbook_delta" and s.tickers
+            for t in s.tickers
+        ]
+        assert len(placed) == len(set(placed)) == len(svc.registry.markets)  # type: ignore[union-attr]
+        assert all(
+            len(s.tickers or ()) <= 4
+            for c in sim.ws.connections.values()
+            for s in c.session.subs.values()
+        )
+        sim.resume()
+        await wait_for(lambda: sim.truth_lines >= 1500, 30, "traffic")
+        await quiesce(sim, svc)
+        assert await run.finish() == 0
+    for table, diff in compare(dsn, tmp_path / "truth.jsonl").items():
+        assert diff.exact, (table, diff.missing, diff.extra)

@@ -110,3 +110,14 @@ def test_no_market_is_ever_in_two_subscriptions(ops, per_sub):
                 assert m not in seen, f"{m} in two slots"
                 seen[m] = slot.slot_id
         assert set(seen) == lay.placed
+
+
+def test_refused_new_subscription_halves_the_batch():
+    """Error 26 on a whole new subscription: later batches are smaller, so they fit."""
+    lay = SubscriptionLayout(per_subscription=8)
+    lay.desired |= {f"M{i}" for i in range(8)}
+    (sub,) = lay.plan()
+    lay.failed(sub.slot_id, sub.markets, full=True)
+    assert lay.per_subscription == 4
+    again = lay.plan()
+    assert [len(a.markets) for a in again] == [4, 4]
