@@ -24,6 +24,7 @@ import asyncpg
 import psycopg
 import yaml
 
+from kalshi_data.copypipe import CopyPipe
 from kalshi_data.migrate import migrate
 from kalshi_data.pgcluster import PgCluster, free_port
 from kalshi_data.tables import TRADES
@@ -61,27 +62,17 @@ async def _raw_copy(gatherer_dsn: str, prod_dsn: str) -> float:
     g = await asyncpg.connect(gatherer_dsn)
     p = await asyncpg.connect(prod_dsn)
     cols = ", ".join(TRADES.column_names)
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(32)
-
-    async def sink(chunk: bytes) -> None:
-        await queue.put(bytes(chunk))
-
-    async def produce() -> None:
-        await g.copy_from_query(
-            f"SELECT {cols}, 'g1'::text FROM trades", output=sink, format="binary"
-        )
-        await queue.put(None)
-
-    async def chunks():  # type: ignore[no-untyped-def]
-        while (item := await queue.get()) is not None:
-            yield item
-
+    pipe = CopyPipe(g, f"SELECT {cols}, 'g1'::text FROM trades")
     started = time.perf_counter()
-    task = asyncio.create_task(produce())
-    await p.copy_to_table(
-        "trades", source=chunks(), format="binary", columns=[*TRADES.column_names, "gatherer_id"]
-    )
-    await task
+    try:
+        await p.copy_to_table(
+            "trades",
+            source=pipe.chunks(),
+            format="binary",
+            columns=[*TRADES.column_names, "gatherer_id"],
+        )
+    finally:
+        await pipe.close()
     took = time.perf_counter() - started
     await g.close()
     await p.close()

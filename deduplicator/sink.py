@@ -9,7 +9,8 @@ import asyncpg
 from deduplicator import sql
 from deduplicator.errors import CursorMoved, NotLeader
 from deduplicator.lease import LeaseState
-from deduplicator.source import BatchBounds, CopyPipe
+from deduplicator.source import BatchBounds
+from kalshi_data.copypipe import CopyPipe
 from kalshi_data.tables import SYNCED_TABLES, TableSpec
 
 

@@ -7,18 +7,14 @@ tables.py), which keeps the deduplicator's CPU and memory flat whatever the row 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
 
 from deduplicator import sql
+from kalshi_data.copypipe import CopyPipe
 from kalshi_data.dbcheck import check_timescale_preload
 from kalshi_data.tables import TableSpec
-
-_QUEUE_CHUNKS = 32  # bounded pipe between the two COPYs: memory stays flat
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,57 +91,15 @@ async def backlog(conn: asyncpg.Connection, spec: TableSpec, last_id: int) -> in
     return int(await conn.fetchval(sql.backlog_query(spec), last_id))
 
 
-class CopyPipe:
-    """Stream one batch out of a gatherer as binary COPY, as an async iterator of chunks.
-
-    The producer (``copy_from_query``) runs as a task feeding a bounded queue; an error on the
-    gatherer side is re-raised in the consumer, inside the production transaction, which then
-    rolls back.
-    """
-
-    def __init__(self, conn: asyncpg.Connection, spec: TableSpec, bounds: BatchBounds) -> None:
-        self._conn = conn
-        self._spec = spec
-        self._bounds = bounds
-        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_QUEUE_CHUNKS)
-        self._task: asyncio.Task[None] | None = None
-
-    async def _produce(self) -> None:
-        async def sink(chunk: bytes) -> None:
-            await self._queue.put(bytes(chunk))
-
-        try:
-            b = self._bounds
-            await self._conn.copy_from_query(
-                sql.copy_out_query(self._spec),
-                str(b.start[0]),
-                b.start[1],
-                str(b.end[0]),
-                b.end[1],
-                output=sink,
-                format="binary",
-            )
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            await self._queue.put(exc)
-            return
-        await self._queue.put(None)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the COPY data; raises what the gatherer side raised."""
-        self._task = asyncio.create_task(self._produce(), name=f"copy-out-{self._spec.name}")
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    async def close(self) -> None:
-        """Stop the producer (after an error on either side)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task  # already failing: the first error is the one reported
+def copy_pipe(conn: asyncpg.Connection, spec: TableSpec, bounds: BatchBounds) -> CopyPipe:
+    """The batch's rows as a binary COPY stream (see :mod:`kalshi_data.copypipe`)."""
+    b = bounds
+    return CopyPipe(
+        conn,
+        sql.copy_out_query(spec),
+        str(b.start[0]),
+        b.start[1],
+        str(b.end[0]),
+        b.end[1],
+        name=f"copy-out-{spec.name}",
+    )

@@ -260,7 +260,7 @@ class GathererSync:
                 progress.backlog = 0
                 continue
             started = time.monotonic()
-            pipe = source.CopyPipe(gconn, spec, bounds)
+            pipe = source.copy_pipe(gconn, spec, bounds)
             try:
                 result = await sink.merge_batch(pconn, self.lease, self.src.id, spec, bounds, pipe)
             except (TimeoutError, asyncpg.PostgresError, OSError) as exc:

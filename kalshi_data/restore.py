@@ -17,11 +17,11 @@ import argparse
 import asyncio
 import re
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from kalshi_data.copypipe import CopyPipe
 from kalshi_data.tables import (
     EVENTS,
     LIFECYCLE_EVENTS,
@@ -51,38 +51,10 @@ def _window_filter(spec: TableSpec) -> str:
     return f"{col} >= $1"
 
 
-async def _stream(
-    prod: asyncpg.Connection, spec: TableSpec, since: datetime
-) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(32)
-
-    async def sink(chunk: bytes) -> None:
-        await queue.put(bytes(chunk))
-
-    async def produce() -> None:
-        try:
-            query = f"SELECT {', '.join(spec.column_names)} FROM {spec.name} " + (
-                f"WHERE {_window_filter(spec)}"
-            )
-            args = [] if spec.kind == "metadata" else [since]
-            await prod.copy_from_query(query, *args, output=sink, format="binary")
-        except BaseException as exc:
-            await queue.put(exc)
-            return
-        await queue.put(None)
-
-    task = asyncio.create_task(produce(), name=f"restore-{spec.name}")
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        if not task.done():
-            task.cancel()
+def _pipe(prod: asyncpg.Connection, spec: TableSpec, since: datetime) -> CopyPipe:
+    query = f"SELECT {', '.join(spec.column_names)} FROM {spec.name} WHERE {_window_filter(spec)}"
+    args = [] if spec.kind == "metadata" else [since]
+    return CopyPipe(prod, query, *args, name=f"restore-{spec.name}")
 
 
 async def restore(production_dsn: str, gatherer_dsn: str, since: timedelta) -> dict[str, int]:
@@ -97,14 +69,18 @@ async def restore(production_dsn: str, gatherer_dsn: str, since: timedelta) -> d
             stage = f"kd_restore_{spec.name}"
             cols = ", ".join(spec.column_names)
             ddl = ", ".join(f"{c.name} {c.pgtype}" for c in spec.columns)
+            pipe = _pipe(prod, spec, start)
             async with gath.transaction():
                 await gath.execute(f"CREATE TEMP TABLE {stage} ({ddl}) ON COMMIT DROP")
-                await gath.copy_to_table(
-                    stage,
-                    source=_stream(prod, spec, start),
-                    format="binary",
-                    columns=list(spec.column_names),
-                )
+                try:
+                    await gath.copy_to_table(
+                        stage,
+                        source=pipe.chunks(),
+                        format="binary",
+                        columns=list(spec.column_names),
+                    )
+                finally:
+                    await pipe.close()
                 status = await gath.execute(
                     f"INSERT INTO {spec.name} ({cols}) SELECT {cols} FROM {stage} "
                     "ON CONFLICT DO NOTHING"
