@@ -76,6 +76,7 @@ class Ingest:
         self.rows: Counter[str] = Counter()
         self.last_data_mono = 0.0
         self._expect_empty: set[str] = set()
+        self._activated_early: set[str] = set()
         #: Gaps opened since start (the service publishes it as ``gatherer_gaps_total``).
         self.gaps_opened = 0
 
@@ -113,9 +114,18 @@ class Ingest:
         """``market`` was just created: its first snapshot should show an empty book."""
         self._expect_empty.add(market)
 
+    def market_activated(self, market: str) -> None:
+        """``market`` became active: if its first snapshot has not arrived yet, deltas may have
+        flowed before our subscription existed, even when that snapshot shows an empty book
+        (an order placed and cancelled meanwhile)."""
+        if market in self._expect_empty:
+            self._activated_early.add(market)
+
     def _first_snapshot(self, rec: SnapshotRec, received_at_us: int) -> None:
         self._expect_empty.discard(rec.ticker)
-        if not rec.yes and not rec.no:
+        early = rec.ticker in self._activated_early
+        self._activated_early.discard(rec.ticker)
+        if not rec.yes and not rec.no and not early:
             return
         # Orders rested before our subscription existed: their deltas never reached us. The
         # snapshot itself is the recovery, so the gap opens and closes here.

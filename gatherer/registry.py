@@ -201,6 +201,8 @@ class Registry:
                     # New to us: its first snapshot must be empty, or deltas flowed before our
                     # subscription existed (a gap, DESIGN §3).
                     self._ingest.expect_empty_book(rec.ticker)
+                if rec.event_type == "activated":
+                    self._ingest.market_activated(rec.ticker)
                 self._open([rec.ticker], "initialized")
                 self._refetch_markets.add(rec.ticker)
             elif rec.event_type in CLOSING:

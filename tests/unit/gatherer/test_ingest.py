@@ -88,3 +88,13 @@ def test_dead_letters_are_rows_with_reason_and_raw_bytes():
     _, dead = ingest.take_counts()
     assert dead == {"ws": 1}
     assert ingest.take_counts()[1] == {}
+
+
+def test_activation_before_the_first_snapshot_is_a_gap_even_with_an_empty_book():
+    """Activated before our subscription answered: orders may have come and gone unseen."""
+    rows = Rows()
+    ingest = Ingest(rows.put)
+    ingest.expect_empty_book("NEW")
+    ingest.market_activated("NEW")
+    ingest.record(snap("NEW"), "orderbook_snapshot", TS)
+    assert [g["how"] for g in rows.of("gaps")] == [None, "late_subscribe"]
