@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import aiohttp
-import pytest
 
 from tests.integration.gatherer_support import (
     assert_truth,
@@ -16,9 +15,6 @@ from tests.integration.gatherer_support import (
     subscribed,
     wait_for,
 )
-
-# simulator/server.py passes shutdown_timeout to TCPSite (deprecated in aiohttp 3.14): reported.
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning")
 
 
 async def test_capture_equals_truth(fresh_db, tmp_path):

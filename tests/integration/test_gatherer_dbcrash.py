@@ -20,8 +20,6 @@ from tests.integration.gatherer_support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning")
-
 
 async def _crash_run(cluster: PgCluster, tmp_path, *, outage_s: float, rate: float) -> None:
     dsn = gatherer_db(cluster.create_database("g1"))

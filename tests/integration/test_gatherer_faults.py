@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-import pytest
 
 from kalshi_data.truth import compare
 from simulator.server import Simulator
@@ -19,8 +18,6 @@ from tests.integration.gatherer_support import (
     subscribed,
     wait_for,
 )
-
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning")
 
 
 async def admin(sim: Simulator, method: str, name: str, body: dict[str, Any] | None = None) -> Any:

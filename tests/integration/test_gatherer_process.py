@@ -9,7 +9,6 @@ import signal
 from pathlib import Path
 
 import orjson
-import pytest
 
 from kalshi_data.pgcluster import free_port
 from kalshi_data.truth import compare
@@ -23,8 +22,6 @@ from tests.integration.gatherer_support import (
     wait_for,
     write_config,
 )
-
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning")
 
 
 def writer_dsn(superuser_dsn: str) -> str:
