@@ -182,7 +182,8 @@ def classify(exc: BaseException) -> ErrorClass:
 
     Order: our own :class:`TransientError`/:class:`PermanentError`; a SQLSTATE on the exception
     (``exc.sqlstate``); the driver's exception type (psycopg, asyncpg, aiohttp, websockets,
-    ``OSError``/``TimeoutError``); else the ``__cause__`` chain. Message text is never read.
+    ``OSError``/``TimeoutError``); else the ``__cause__`` (or unsuppressed ``__context__``)
+    chain. Message text is never read.
 
     Args:
         exc: The exception to judge.
@@ -198,9 +199,13 @@ def classify(exc: BaseException) -> ErrorClass:
         verdict = _classify_one(current)
         if verdict is not None:
             return verdict
-        # Only an explicit ``raise ... from cause``: an unrelated error raised while handling
-        # a transient one (``__context__``) is a bug of its own and must not be retried.
-        current = current.__cause__
+        # ``raise ... from cause`` first; else the error being handled when this one was raised
+        # (asyncpg's rollback in ``transaction().__aexit__`` after a broken COPY fails with
+        # InternalClientError, and the real fault is only in ``__context__``), unless the
+        # raiser cut the chain with ``from None``.
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
     return ErrorClass.PERMANENT
 
 

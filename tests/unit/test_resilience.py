@@ -158,8 +158,15 @@ def _bug_while_handling_a_reset() -> None:
         raise KeyError("bug while handling") from None
 
 
-def test_classify_follows_cause_not_context() -> None:
-    """An uninformative wrapper defers to its __cause__, never to an unrelated __context__."""
+def _cleanup_fails_after_a_reset() -> None:
+    try:
+        raise ConnectionResetError
+    finally:
+        raise asyncpg.exceptions.InternalClientError("cannot switch state")
+
+
+def test_classify_follows_cause_and_unsuppressed_context() -> None:
+    """An uninformative error defers to its __cause__ or __context__, unless `from None`."""
     wrapped = RuntimeError("outer")
     wrapped.__cause__ = ConnectionRefusedError()
     assert classify(wrapped) is R
@@ -169,7 +176,10 @@ def test_classify_follows_cause_not_context() -> None:
     with pytest.raises(KeyError) as info:
         _bug_while_handling_a_reset()
     assert info.value.__context__ is not None
-    assert classify(info.value) is P
+    assert classify(info.value) is P  # the chain was cut on purpose
+    with pytest.raises(asyncpg.exceptions.InternalClientError) as cleanup:
+        _cleanup_fails_after_a_reset()
+    assert classify(cleanup.value) is R  # a rollback failing after the connection broke
     loop = RuntimeError("a")
     loop.__cause__ = loop  # a cycle must not hang
     assert classify(loop) is P
