@@ -106,6 +106,15 @@ async def _row_by_row(gatherer_dsns: list[str], prod_dsn: str) -> tuple[float, i
     return took, rows_done
 
 
+def _rows_read(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(rows_read), 0) FROM sync_cursors WHERE table_name = 'trades'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -159,6 +168,8 @@ def main() -> None:
             "http": {"listen": f"127.0.0.1:{port}"},
             "batch_rows": 50_000,
             "poll_interval_s": 0.2,
+            # KD_BENCH_SEEN=0 turns the seen-identity filter off (to measure what it brings).
+            "seen_cache_rows": int(os.environ.get("KD_BENCH_SEEN", "1000000")),
         }
         cfg_path = base / "dedup.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
@@ -171,7 +182,10 @@ def main() -> None:
         started = time.perf_counter()
         peak = 0.0
         try:
-            while _count(prod.dsn("prod")) < N:
+            # Done when every gatherer's trades cursor has read all N rows (3 N in all): not
+            # merely when production first holds N rows, since the other gatherers' copies must
+            # be read too. (Polling sync_cursors costs nothing; count(*) would steal a core.)
+            while _rows_read(prod.dsn("prod")) < 3 * N:
                 peak = max(peak, _vm_hwm_mb(proc.pid))
                 if proc.poll() is not None:
                     raise RuntimeError(f"deduplicator exited {proc.returncode}: see {base}")
@@ -181,6 +195,9 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+        written = _count(prod.dsn("prod"))
+        if written != N:
+            raise RuntimeError(f"production holds {written:,} trades, expected {N:,}")
         ours_rate = N / ours_s
         print(
             f"deduplicator catch-up (3 x N rows read, N written): {ours_s:.2f} s = "

@@ -44,6 +44,9 @@ class DedupConfig:
     poll_interval_s: float = 1.0
     batch_rows: int = 50_000
     batch_bytes: int = 64 * 1024 * 1024
+    #: Identity digests of recently merged rows kept in memory (about 100 bytes each), so the
+    #: other gatherers' copies skip staging; 0 turns the filter off (deduplicator/seen.py).
+    seen_cache_rows: int = 1_000_000
     lease_ttl_s: float = 6.0
     lease_poll_s: float = 1.0
     breaker_failures: int = 3

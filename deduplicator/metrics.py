@@ -76,6 +76,21 @@ class DedupMetrics:
             gt,
             registry=r,
         )
+        self.seen_skipped = Counter(
+            "dedup_seen_skipped_rows",
+            "Rows not staged because this process had already committed their identity",
+            gt,
+            registry=r,
+        )
+        self.direct_conflicts = Counter(
+            "dedup_direct_copy_conflicts",
+            "Direct COPYs into production that met an existing row and were staged instead",
+            gt,
+            registry=r,
+        )
+        self.seen_cache_rows = Gauge(
+            "dedup_seen_cache_rows", "Identity digests held by the seen-identity filter", registry=r
+        )
         self.is_leader.labels(self.instance_id).set(0)
         self._read: dict[str, float] = {}
         self._new: dict[str, float] = {}

@@ -23,6 +23,7 @@ from deduplicator.config import DedupConfig
 from deduplicator.errors import FatalError
 from deduplicator.lease import LeaseState
 from deduplicator.metrics import DedupMetrics
+from deduplicator.seen import SeenIdentities
 from deduplicator.sync import GathererSync
 from kalshi_data.httpserver import HealthServer
 from kalshi_data.resilience import Backoff, ErrorClass, classify
@@ -53,7 +54,11 @@ class Deduplicator:
         self.metrics = DedupMetrics(cfg.instance_id)
         self.lease = LeaseState(cfg.instance_id)
         self.stop = asyncio.Event()
-        self.syncs = [GathererSync(cfg, g, self.lease, self.metrics) for g in cfg.gatherers]
+        # One filter for all loops: a row merged from one gatherer is skipped by the others.
+        self.seen = SeenIdentities(cfg.seen_cache_rows)
+        self.syncs = [
+            GathererSync(cfg, g, self.lease, self.metrics, seen=self.seen) for g in cfg.gatherers
+        ]
         self._sync_tasks: list[asyncio.Task[None]] = []
         self._fatal: FatalError | None = None
         self._production_ok = False
@@ -161,6 +166,7 @@ class Deduplicator:
 
     def _become_leader(self) -> None:
         self._publish_leader()
+        self.seen.clear()  # another instance may have written while we were standby
         self._sync_tasks = [
             asyncio.create_task(self._run_sync(s), name=f"sync-{s.src.id}") for s in self.syncs
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -31,6 +32,8 @@ class MergeResult:
     inserted: int
     touched: int
     newest_received_at: float | None
+    #: the direct COPY met a row already in production (and the batch was staged instead)
+    conflicted: bool = False
 
 
 async def connect(
@@ -43,7 +46,9 @@ async def connect(
         dsn,
         timeout=timeout_s,
         command_timeout=statement_timeout_s,
-        server_settings={"application_name": f"kalshi-dedup-{instance}"},
+        # JIT compiles a merge whose staged-row estimate crosses jit_above_cost: hundreds of
+        # milliseconds for a statement that runs in tens.
+        server_settings={"application_name": f"kalshi-dedup-{instance}", "jit": "off"},
     )
     return conn
 
@@ -79,9 +84,23 @@ async def merge_batch(
     gatherer: str,
     spec: TableSpec,
     bounds: BatchBounds,
-    pipe: CopyPipe,
+    open_pipe: Callable[[bool], CopyPipe] | None,
+    *,
+    newest: float | None = None,
+    direct: bool = False,
 ) -> MergeResult:
     """Merge one gatherer batch into production in ONE transaction (DESIGN §4.2).
+
+    ``open_pipe(with_gatherer)`` streams the rows to stage: the whole batch, or only the rows
+    whose identity this process has not committed yet (:mod:`deduplicator.seen`); None when
+    every row is known, and then only the cursor moves. ``newest`` is the batch's newest
+    ``received_at`` when the caller knows it (else it is read from the staged rows). The cursor
+    always advances over the whole batch (``bounds.rows`` rows read).
+
+    With ``direct``, the rows are first COPYed straight into the table inside a savepoint (the
+    fast path when none of them can be in production yet); a unique violation rolls back to
+    the savepoint and the batch goes through staging and ``ON CONFLICT`` as usual, so the
+    outcome is the same either way.
 
     Raises:
         NotLeader: the fencing check matched no lease row (another instance leads).
@@ -94,6 +113,63 @@ async def merge_batch(
         row = await conn.fetchrow(sql.CURSOR_LOCK, gatherer, spec.name)
         if row is None or (int(row[0]), int(row[1])) != bounds.start:
             raise CursorMoved(f"{gatherer}/{spec.name} cursor is not {bounds.start}")
+        inserted = touched = 0
+        conflicted = False
+        if open_pipe is not None:
+            copied = await _copy_direct(conn, spec, open_pipe) if direct else None
+            conflicted = direct and copied is None
+            if copied is not None:
+                inserted = touched = copied
+            else:
+                inserted, touched, staged_newest = await _stage_and_insert(
+                    conn, gatherer, spec, open_pipe(False)
+                )
+                newest = newest if newest is not None else staged_newest
+        status = await conn.execute(
+            sql.CURSOR_ADVANCE,
+            gatherer,
+            spec.name,
+            str(bounds.end[0]),
+            bounds.end[1],
+            bounds.rows,
+            newest if newest is not None else 0.0,
+            str(bounds.start[0]),
+            bounds.start[1],
+        )
+        if status != "UPDATE 1":
+            raise CursorMoved(f"{gatherer}/{spec.name} cursor moved during the batch")
+    return MergeResult(
+        bounds.rows, inserted, touched, None if newest is None else float(newest), conflicted
+    )
+
+
+async def _copy_direct(
+    conn: asyncpg.Connection, spec: TableSpec, open_pipe: Callable[[bool], CopyPipe]
+) -> int | None:
+    """COPY the rows straight into the table in a savepoint: rows copied, or None when one of
+    them was already there (the savepoint is rolled back)."""
+    pipe = open_pipe(True)
+    try:
+        async with conn.transaction():
+            status = await conn.copy_to_table(
+                spec.name,
+                source=pipe.chunks(),
+                format="binary",
+                columns=[*spec.column_names, "gatherer_id"],
+            )
+    except asyncpg.UniqueViolationError:
+        return None
+    finally:
+        await pipe.close()
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _stage_and_insert(
+    conn: asyncpg.Connection, gatherer: str, spec: TableSpec, pipe: CopyPipe
+) -> tuple[int, int, float | None]:
+    """COPY into the staging table, then insert what production lacks: (inserted, touched,
+    newest received_at of the staged rows)."""
+    try:
         # Every time: a cache of "already created" keyed by connection was wrong after a
         # reconnect (a new connection object can reuse the old one's id()).
         await conn.execute(sql.create_stage(spec))
@@ -103,31 +179,13 @@ async def merge_batch(
             format="binary",
             columns=list(spec.column_names),
         )
-        stats = await conn.fetchrow(sql.stage_stats(spec))
-        assert stats is not None
-        staged_rows, newest = int(stats[0]), stats[1]
-        merged = await conn.fetchrow(sql.merge_insert(spec), gatherer)
-        assert merged is not None
-        cleared = 0
-        if sql.has_suspect(spec) and await conn.fetchval(sql.any_suspect(spec)):
-            status = await conn.execute(sql.clear_suspect(spec), gatherer)
-            cleared = int(status.rsplit(" ", 1)[-1])
-        status = await conn.execute(
-            sql.CURSOR_ADVANCE,
-            gatherer,
-            spec.name,
-            str(bounds.end[0]),
-            bounds.end[1],
-            staged_rows,
-            newest if newest is not None else 0.0,
-            str(bounds.start[0]),
-            bounds.start[1],
-        )
-        if status != "UPDATE 1":
-            raise CursorMoved(f"{gatherer}/{spec.name} cursor moved during the batch")
-    return MergeResult(
-        staged_rows,
-        int(merged[0]),
-        int(merged[1]) + cleared,
-        None if newest is None else float(newest),
-    )
+    finally:
+        await pipe.close()
+    newest = await conn.fetchval(sql.stage_newest(spec))
+    merged = await conn.fetchrow(sql.merge_insert(spec), gatherer)
+    assert merged is not None
+    inserted, touched = int(merged[0]), int(merged[1])
+    if sql.has_suspect(spec) and await conn.fetchval(sql.any_suspect(spec)):
+        status = await conn.execute(sql.clear_suspect(spec), gatherer)
+        touched += int(status.rsplit(" ", 1)[-1])
+    return inserted, touched, None if newest is None else float(newest)

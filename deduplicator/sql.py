@@ -53,26 +53,34 @@ def batch_end_query(spec: TableSpec) -> str:
     # Fixed-width rows: the size column is constant, so $5 is referenced but the row bound
     # (and an index-only scan) decides; both shapes take the same parameters.
     size = "pg_column_size(t.*)" if is_wide(spec) else "0"
+    # The window orders by the same columns as the LIMITed scan, so no second sort.
     return (
-        "SELECT xid, id, n FROM (SELECT xid, id, row_number() OVER w AS n, "
-        "sum(size) OVER w AS bytes FROM (SELECT ingest_xid::text::bigint AS xid, "
-        f"ingest_id AS id, {size} AS size {pending}) p "
-        "WINDOW w AS (ORDER BY xid, id)) s "
+        "SELECT xid, id, n FROM (SELECT ingest_xid::text::bigint AS xid, ingest_id AS id, "
+        "row_number() OVER w AS n, sum(size) OVER w AS bytes FROM (SELECT ingest_xid, "
+        f"ingest_id, {size} AS size {pending}) p "
+        "WINDOW w AS (ORDER BY ingest_xid, ingest_id)) s "
         "WHERE bytes <= $5::bigint OR n = 1 ORDER BY n DESC LIMIT 1"
     )
 
 
-def copy_out_query(spec: TableSpec) -> str:
-    """The data columns of the rows in ``($1,$2) < cursor <= ($3,$4)``, for binary COPY out.
+def copy_out_query(spec: TableSpec, *, only_ids: bool = False, gatherer: bool = False) -> str:
+    """The data columns of the rows in ``($1,$2) < cursor <= ($3,$4)``, for binary COPY out;
+    with ``only_ids``, just the rows whose ``ingest_id`` is in ``$5``; with ``gatherer``, one
+    more column, the gatherer id (the next parameter), for a COPY straight into production.
 
     Every row in that range is below the horizon (the end cursor was found below it), so the
     range is closed and stable.
     """
     cols = ", ".join(spec.column_names)
+    n = 5
+    ids = ""
+    if only_ids:
+        ids, n = f" AND ingest_id = ANY(${n}::bigint[])", n + 1
+    extra = f", ${n}::text" if gatherer else ""
     return (
-        f"SELECT {cols} FROM {spec.name} "
+        f"SELECT {cols}{extra} FROM {spec.name} "
         "WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint) "
-        "AND (ingest_xid, ingest_id) <= ($3::text::xid8, $4::bigint)"
+        f"AND (ingest_xid, ingest_id) <= ($3::text::xid8, $4::bigint){ids}"
     )
 
 
@@ -161,9 +169,84 @@ def clear_suspect(spec: TableSpec) -> str:
     )
 
 
-def stage_stats(spec: TableSpec) -> str:
-    """Rows staged and the newest ``received_at`` among them (for lag), as epoch seconds."""
-    return f"SELECT count(*), extract(epoch FROM max(received_at))::float8 FROM {stage_name(spec)}"
+def stage_newest(spec: TableSpec) -> str:
+    """The newest ``received_at`` among the staged rows (for lag), as epoch seconds."""
+    return f"SELECT extract(epoch FROM max(received_at))::float8 FROM {stage_name(spec)}"
+
+
+#: Binary output functions of fixed-width key types (the bytes do not depend on any setting).
+_SEND = {
+    "uuid": "uuid_send",
+    "timestamptz": "timestamptz_send",
+    "smallint": "int2send",
+    "integer": "int4send",
+    "bigint": "int8send",
+    "boolean": "boolsend",
+}
+
+
+def identity_key_expr(spec: TableSpec) -> str:
+    """A row's production key as one ``bytea``, exactly (no hash, so no collisions).
+
+    Fixed-width columns contribute their binary output; any other column its length (4 bytes)
+    and its UTF-8 text, so two keys are equal bytes only when their columns are equal. Another
+    spelling of an equal value (possible only through the text fallback) just misses the
+    seen-identity filter and goes through ON CONFLICT.
+    """
+    types = {c.name: c.pgtype for c in spec.columns}
+    parts = []
+    for name in spec.production_key:
+        send = _SEND.get(types[name])
+        if send is not None:
+            parts.append(f"{send}({name})")
+        else:
+            text = f"convert_to({name}::text, 'UTF8')"
+            parts.append(f"int4send(octet_length({text})) || {text}")
+    return " || ".join(parts)
+
+
+def _suspect_ids(spec: TableSpec) -> str:
+    return (
+        "coalesce(array_agg(ingest_id) FILTER (WHERE suspect), '{}')"
+        if _has_suspect(spec)
+        else "'{}'::bigint[]"
+    )
+
+
+def keyed_batch_query(spec: TableSpec) -> str:
+    """The next batch of a narrow table *and* its rows' identity keys, in one statement.
+
+    Parameters: ``$1,$2`` current cursor, ``$3`` horizon, ``$4`` max rows. Returns one row:
+    the end cursor (xid, id), the row count (0: nothing pending), the ingest ids and identity
+    keys (one aggregate node feeds both arrays, so they are aligned), the suspect rows' ids and
+    the newest ``received_at`` (epoch seconds). The end cursor is the largest ``(xid, id)`` of
+    the batch, computed without relying on the aggregation order.
+    """
+    suspect = " suspect," if _has_suspect(spec) else ""
+    return (
+        f"WITH b AS MATERIALIZED (SELECT ingest_xid, ingest_id,{suspect} received_at, "
+        f"{identity_key_expr(spec)} AS key FROM {spec.name} "
+        "WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint) "
+        "AND ingest_xid < $3::text::xid8 ORDER BY ingest_xid, ingest_id LIMIT $4::bigint), "
+        "e AS (SELECT max(ingest_xid) AS x FROM b) "
+        "SELECT (SELECT x::text::bigint FROM e), "
+        "(SELECT max(b.ingest_id) FROM b, e WHERE b.ingest_xid = e.x), count(*), "
+        "coalesce(array_agg(ingest_id), '{}'), coalesce(array_agg(key), '{}'), "
+        f"{_suspect_ids(spec)}, extract(epoch FROM max(received_at))::float8 FROM b"
+    )
+
+
+def range_keys_query(spec: TableSpec) -> str:
+    """Identity keys of the rows in ``($1,$2) < cursor <= ($3,$4)`` (a batch of a wide table,
+    whose bounds came from :func:`batch_end_query`); same columns as :func:`keyed_batch_query`
+    without the bounds."""
+    return (
+        "SELECT coalesce(array_agg(ingest_id), '{}'), "
+        f"coalesce(array_agg({identity_key_expr(spec)}), '{{}}'), {_suspect_ids(spec)}, "
+        f"extract(epoch FROM max(received_at))::float8 FROM {spec.name} "
+        "WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint) "
+        "AND (ingest_xid, ingest_id) <= ($3::text::xid8, $4::bigint)"
+    )
 
 
 FENCE = (

@@ -19,11 +19,20 @@ from deduplicator.config import DedupConfig, GathererSource
 from deduplicator.errors import CursorMoved, FatalError, NotLeader, SourceError
 from deduplicator.lease import LeaseState
 from deduplicator.metrics import DedupMetrics
+from deduplicator.seen import SeenIdentities
+from kalshi_data.copypipe import CopyPipe
 from kalshi_data.jsonlog import correlation
 from kalshi_data.resilience import Backoff, BreakerState, CircuitBreaker, ErrorClass, classify
-from kalshi_data.tables import SYNCED_TABLES
+from kalshi_data.tables import SYNCED_TABLES, TableSpec
 
 log = logging.getLogger("deduplicator.sync")
+
+#: Table kinds whose rows are immutable once merged (``ON CONFLICT DO NOTHING``): only these
+#: use the seen-identity filter. Metadata is upserted when newer; logs never repeat.
+SEEN_KINDS = frozenset({"event", "state"})
+#: How long, and how many times, a loop waits for another loop's overlapping merge.
+CLAIM_WAIT_S = 30.0
+CLAIM_WAITS = 3
 
 #: How often the gatherer cluster's identity is checked again while connected (a restore that
 #: rewinds xids without a reconnect is caught within this).
@@ -53,6 +62,15 @@ class GathererStatus:
     system_identifier: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    """A table's next batch, read while this loop waited for another loop's merge."""
+
+    bounds: source.BatchBounds
+    keys: source.BatchKeys
+    taken_at: float
+
+
 class GathererSync:
     """The loop that moves one gatherer's rows into production."""
 
@@ -63,6 +81,7 @@ class GathererSync:
         lease: LeaseState,
         metrics: DedupMetrics,
         wake: asyncio.Event | None = None,
+        seen: SeenIdentities | None = None,
     ) -> None:
         self.cfg = cfg
         self.src = src
@@ -76,10 +95,12 @@ class GathererSync:
         )
         self.backoff = Backoff(0.1, cfg.backoff_cap_s)
         self.wake = wake or asyncio.Event()
+        self.seen = seen if seen is not None else SeenIdentities(cfg.seen_cache_rows)
         self._gconn: asyncpg.Connection | None = None
         self._pconn: asyncpg.Connection | None = None
         self._positions: dict[str, tuple[int, int]] | None = None
         self._checked_at = 0.0
+        self._ahead: dict[str, ReadAhead] = {}
 
     # ------------------------------------------------------------------ connections
     def _on_notify(self, *_args: object) -> None:
@@ -101,6 +122,9 @@ class GathererSync:
 
     async def _production(self) -> asyncpg.Connection:
         if self._pconn is None or self._pconn.is_closed():
+            # Production may have changed while we were away (failover, restore): forget what
+            # this process believed it had committed there.
+            self.seen.clear()
             self._pconn = await sink.connect(
                 self.cfg.production.dsn.reveal(),
                 timeout_s=self.cfg.production.connect_timeout_s,
@@ -116,6 +140,7 @@ class GathererSync:
                 conn.terminate()
         self._gconn = self._pconn = None
         self._positions = None
+        self._ahead.clear()
 
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -214,6 +239,7 @@ class GathererSync:
                     pconn, self.src.id, name, system_identifier=ident.system_identifier, reset=True
                 )
                 self.metrics.cursor_rescans.labels(self.src.id, name).inc()
+                self.seen.clear()
                 changed = True
         if changed:
             cursors = await sink.load_cursors(pconn, self.src.id)
@@ -244,45 +270,190 @@ class GathererSync:
             progress = self.status.tables[spec.name]
             cursor = positions[spec.name]
             progress.cursor = cursor
-            try:
-                bounds = await source.next_batch(
-                    gconn,
-                    spec,
-                    cursor,
-                    horizon,
-                    max_rows=self.cfg.batch_rows,
-                    max_bytes=self.cfg.batch_bytes,
-                )
-            except Exception as exc:
-                raise SourceError(self.src.id, f"batch query on {spec.name} failed") from exc
-            if bounds is None:
-                progress.fresh_until = now
-                progress.backlog = 0
-                continue
             started = time.monotonic()
-            pipe = source.copy_pipe(gconn, spec, bounds)
-            try:
-                result = await sink.merge_batch(pconn, self.lease, self.src.id, spec, bounds, pipe)
-            except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
-                # Was it the gatherer side of the pipe? Then count it against the gatherer.
-                if pipe_failed_on_source(exc, gconn):
-                    raise SourceError(self.src.id, f"copy of {spec.name} failed") from exc
-                raise
-            finally:
-                await pipe.close()
+            if spec.kind in SEEN_KINDS and self.seen.max_rows > 0:
+                ahead = self._ahead.pop(spec.name, None)
+                if ahead is not None and ahead.bounds.start == cursor:
+                    # Read while waiting for another loop's merge (below an earlier horizon:
+                    # still a closed, stable range).
+                    keyed: tuple[source.BatchBounds, source.BatchKeys] | None = (
+                        ahead.bounds,
+                        ahead.keys,
+                    )
+                    table_now = ahead.taken_at
+                else:
+                    keyed, table_now = await self._keyed_batch(gconn, spec, cursor, horizon), now
+                if keyed is None:
+                    progress.fresh_until = now
+                    progress.backlog = 0
+                    continue
+                bounds = keyed[0]
+                result = await self._merge_filtered(gconn, pconn, spec, *keyed, horizon)
+            else:
+                table_now = now
+                plain = await self._next_batch(gconn, spec, cursor, horizon)
+                if plain is None:
+                    progress.fresh_until = now
+                    progress.backlog = 0
+                    continue
+                bounds = plain
+                result = await self._merge(gconn, pconn, spec, bounds, None, None)
             self.metrics.batch_seconds.observe(time.monotonic() - started)
             self.metrics.record_merge(self.src.id, spec.name, result.rows, result.inserted)
             progress.cursor = bounds.end
             positions[spec.name] = bounds.end
             progressed = True
             if bounds.rows < self.cfg.batch_rows and result.newest_received_at is not None:
-                # The batch took everything pending below the horizon at `now`.
-                progress.fresh_until = now
+                # The batch took everything pending below the horizon at `table_now`.
+                progress.fresh_until = table_now
             elif result.newest_received_at is not None:
                 progress.fresh_until = result.newest_received_at
             full = bounds.rows >= self.cfg.batch_rows
             progress.backlog = await source.backlog(gconn, spec, bounds.end[1]) if full else 0
         return progressed
+
+    async def _merge(
+        self,
+        gconn: asyncpg.Connection,
+        pconn: asyncpg.Connection,
+        spec: TableSpec,
+        bounds: source.BatchBounds,
+        only_ids: list[int] | None,
+        newest: float | None,
+        *,
+        stage: bool = True,
+        direct: bool = False,
+    ) -> sink.MergeResult:
+        """One merge transaction, staging the batch (or only ``only_ids``, or nothing)."""
+
+        def open_pipe(with_gatherer: bool) -> CopyPipe:
+            gid = self.src.id if with_gatherer else None
+            return source.copy_pipe(gconn, spec, bounds, only_ids, gid)
+
+        try:
+            return await sink.merge_batch(
+                pconn,
+                self.lease,
+                self.src.id,
+                spec,
+                bounds,
+                open_pipe if stage else None,
+                newest=newest,
+                direct=direct,
+            )
+        except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+            # Was it the gatherer side of the pipe? Then count it against the gatherer.
+            if stage and pipe_failed_on_source(exc, gconn):
+                raise SourceError(self.src.id, f"copy of {spec.name} failed") from exc
+            raise
+
+    async def _next_batch(
+        self,
+        gconn: asyncpg.Connection,
+        spec: TableSpec,
+        cursor: tuple[int, int],
+        horizon: int,
+    ) -> source.BatchBounds | None:
+        try:
+            return await source.next_batch(
+                gconn,
+                spec,
+                cursor,
+                horizon,
+                max_rows=self.cfg.batch_rows,
+                max_bytes=self.cfg.batch_bytes,
+            )
+        except Exception as exc:
+            raise SourceError(self.src.id, f"batch query on {spec.name} failed") from exc
+
+    async def _keyed_batch(
+        self,
+        gconn: asyncpg.Connection,
+        spec: TableSpec,
+        cursor: tuple[int, int],
+        horizon: int,
+    ) -> tuple[source.BatchBounds, source.BatchKeys] | None:
+        try:
+            return await source.keyed_batch(
+                gconn,
+                spec,
+                cursor,
+                horizon,
+                max_rows=self.cfg.batch_rows,
+                max_bytes=self.cfg.batch_bytes,
+            )
+        except Exception as exc:
+            raise SourceError(self.src.id, f"batch query on {spec.name} failed") from exc
+
+    async def _read_ahead(
+        self, gconn: asyncpg.Connection, spec: TableSpec, after: source.BatchBounds, horizon: int
+    ) -> None:
+        """The batch after ``after`` with its keys, kept for the next round."""
+        taken_at = time.time()
+        nxt = await self._keyed_batch(gconn, spec, after.end, horizon)
+        if nxt is not None:
+            self._ahead[spec.name] = ReadAhead(nxt[0], nxt[1], taken_at)
+
+    async def _merge_filtered(
+        self,
+        gconn: asyncpg.Connection,
+        pconn: asyncpg.Connection,
+        spec: TableSpec,
+        bounds: source.BatchBounds,
+        batch: source.BatchKeys,
+        horizon: int,
+    ) -> sink.MergeResult:
+        """Merge staging only the rows whose identity this process has not committed yet."""
+        found = self.seen.filter(spec.name, batch.keys)
+        waited = 0
+        while found.wait_for and waited < CLAIM_WAITS:
+            # Another loop is staging some of these keys right now: let it finish, then look
+            # again (after CLAIM_WAITS waits, stage anyway: the merge is idempotent). Meanwhile
+            # the idle gatherer connection reads the next batch's bounds and digests, so this
+            # loop can claim that batch the moment it is through this one.
+            waited += 1
+            ahead = None
+            if spec.name not in self._ahead and bounds.rows >= self.cfg.batch_rows:
+                ahead = asyncio.create_task(self._read_ahead(gconn, spec, bounds, horizon))
+            await asyncio.wait(
+                [asyncio.ensure_future(c.done.wait()) for c in found.wait_for],
+                timeout=CLAIM_WAIT_S,
+            )
+            if ahead is not None:
+                await ahead  # the connection must be free again before the merge uses it
+            found = self.seen.filter(spec.name, batch.keys, wait=waited < CLAIM_WAITS)
+        missing = found.missing
+        staged = [batch.keys[i] for i in missing]
+        claim = self.seen.claim(spec.name, staged) if missing else None
+        try:
+            if len(missing) == len(batch.ids):
+                only: list[int] | None = None
+            else:
+                only = [batch.ids[i] for i in missing]
+            result = await self._merge(
+                gconn,
+                pconn,
+                spec,
+                bounds,
+                only,
+                batch.newest_received_at,
+                stage=bool(missing),
+                direct=self.seen.direct_allowed(spec.name),
+            )
+            if result.conflicted:
+                self.seen.direct_conflicted(spec.name)
+                self.metrics.direct_conflicts.labels(self.src.id, spec.name).inc()
+            suspect = batch.suspect_ids
+            self.seen.add(
+                spec.name,
+                [d for i, d in zip(missing, staged, strict=True) if batch.ids[i] not in suspect],
+            )
+        finally:
+            if claim is not None:
+                self.seen.release(claim)
+        self.metrics.seen_skipped.labels(self.src.id, spec.name).inc(len(batch.ids) - len(missing))
+        self.metrics.seen_cache_rows.set(len(self.seen))
+        return result
 
     def publish_lag(self, now: float) -> None:
         """Refresh lag and backlog gauges (called periodically: lag grows while a gatherer is

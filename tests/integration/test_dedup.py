@@ -367,3 +367,74 @@ async def test_health_endpoint_over_http(topo: Topology) -> None:
     assert "dedup_sync_lag_seconds" in text
     assert "writer-test-pw" not in str(body)
     assert "writer-test-pw" not in text
+
+
+def _rows_read(topo: Topology, table: str) -> int:
+    with psycopg.connect(topo.prod_dsn(superuser=True)) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(rows_read), 0) FROM sync_cursors WHERE table_name = %s", (table,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_identical_copies_skip_staging_and_a_restart_falls_back_safely(
+    topo: Topology,
+) -> None:
+    """Three identical gatherers: every copy after the first is skipped by the seen-identity
+    filter (never staged). Then a fresh deduplicator (empty filter) re-reads rows production
+    already holds: its direct COPY meets them, falls back to staging + ON CONFLICT, and
+    production stays exactly once."""
+    n = 3000
+    for g in range(3):
+        load_rows(topo, g, 0, n - 1)
+    async with running(topo.config()) as d:
+        await await_for(lambda: _exactly_once(topo, 0, n - 1), 60, "all rows merged")
+        await await_for(lambda: _rows_read(topo, "trades") == 3 * n, 30, "every copy read")
+        skipped = sum(
+            d.metrics.seen_skipped.labels(f"g{i + 1}", "trades")._value.get() for i in range(3)
+        )
+        inserted = sum(
+            d.metrics.unique_rows.labels(f"g{i + 1}", "trades")._value.get() for i in range(3)
+        )
+    assert inserted == n
+    # Claims make the other loops wait for the merge of the same keys, then skip them.
+    assert skipped == 2 * n
+    _assert_exactly_once(topo, 0, n - 1)
+
+    # Rewind one gatherer's cursors (as a rescan would) and start a new process.
+    with psycopg.connect(topo.prod_dsn(superuser=True), autocommit=True) as conn:
+        conn.execute("UPDATE sync_cursors SET last_xid = '0', last_id = 0 WHERE gatherer_id = 'g2'")
+    load_rows(topo, 1, n, n + 499)  # and some rows nobody has merged yet
+    async with running(topo.config()) as d:
+        await await_for(lambda: _rows_read(topo, "trades") == 4 * n + 500, 60, "rescan read")
+        await await_for(lambda: _exactly_once(topo, 0, n + 499, deltas=False), 30, "new rows")
+        conflicts = d.metrics.direct_conflicts.labels("g2", "trades")._value.get()
+    assert conflicts >= 1
+    trades = production_trades(topo)
+    assert set(trades) == expected_trades(0, n + 499)
+    assert trades.most_common(1)[0][1] == 1
+
+
+async def test_reader_batches_use_the_cursor_index_not_a_sort(topo: Topology) -> None:
+    """The next batch over a partitioned table is a Merge Append of each partition's cursor
+    index under the LIMIT; a Sort of every pending row made catch-up quadratic."""
+    from deduplicator import source
+    from deduplicator import sql as dsql
+    from kalshi_data.tables import TRADES
+
+    load_rows(topo, 0, 0, 1999)
+    conn = await source.connect(topo.gatherer_dsn(0), timeout_s=5, gatherer="g1")
+    try:
+        for query, args in (
+            (dsql.keyed_batch_query(TRADES), ("0", 0, str(2**40), 500)),
+            (dsql.batch_end_query(TRADES), ("0", 0, str(2**40), 500, 2**30)),
+        ):
+            plan = [r[0] for r in await conn.fetch("EXPLAIN " + query, *args)]
+            merges = sum("Merge Append" in line for line in plan)
+            # Each Merge Append prints its own ordering; any other Sort on the cursor is a sort.
+            cursor_sorts = sum("Sort Key:" in line and "ingest_xid" in line for line in plan)
+            assert merges == 1, "\n".join(plan)
+            assert cursor_sorts == merges, "\n".join(plan)
+    finally:
+        await conn.close()

@@ -56,6 +56,8 @@ def test_gatherer_and_dedup_export_everything_listed(tmp_path: Path) -> None:
     d.breaker_state.labels("gatherer-g1").set(0)
     d.batch_seconds.observe(0.1)
     d.cursor_rescans.labels("g1", "trades").inc()
+    d.seen_skipped.labels("g1", "trades").inc()
+    d.direct_conflicts.labels("g1", "trades").inc()
     exported = {**_families(g.registry), **_families(d.registry)}
     textfile = tmp_path / "export.prom"
     _write_textfile(textfile, ExportResult(files=[], rows={"trades": 5}))
