@@ -88,14 +88,18 @@ async def _row_by_row(gatherer_dsns: list[str], prod_dsn: str) -> tuple[float, i
         "ON CONFLICT ON CONSTRAINT trades_identity DO NOTHING"
     )
     p = await asyncpg.connect(prod_dsn)
-    rows_done = 0
-    started = time.perf_counter()
+    samples = []
     for dsn in gatherer_dsns:
         g = await asyncpg.connect(dsn)
-        rows = await g.fetch(
-            f"SELECT {cols} FROM trades ORDER BY ingest_xid, ingest_id LIMIT {SAMPLE}"
+        samples.append(
+            await g.fetch(
+                f"SELECT {cols} FROM trades ORDER BY ingest_xid, ingest_id LIMIT {SAMPLE}"
+            )
         )
         await g.close()
+    rows_done = 0
+    started = time.perf_counter()  # the insert loop only: reading the sample is not timed
+    for rows in samples:
         for i in range(0, len(rows), 5000):
             async with p.transaction():
                 for r in rows[i : i + 5000]:
@@ -106,11 +110,10 @@ async def _row_by_row(gatherer_dsns: list[str], prod_dsn: str) -> tuple[float, i
     return took, rows_done
 
 
-def _rows_read(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT coalesce(sum(rows_read), 0) FROM sync_cursors WHERE table_name = 'trades'"
-        ).fetchone()
+def _rows_read(conn: psycopg.Connection) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(rows_read), 0) FROM sync_cursors WHERE table_name = 'trades'"
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -179,13 +182,14 @@ def main() -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        watch = psycopg.connect(prod.dsn("prod"), autocommit=True)
         started = time.perf_counter()
         peak = 0.0
         try:
             # Done when every gatherer's trades cursor has read all N rows (3 N in all): not
             # merely when production first holds N rows, since the other gatherers' copies must
             # be read too. (Polling sync_cursors costs nothing; count(*) would steal a core.)
-            while _rows_read(prod.dsn("prod")) < 3 * N:
+            while _rows_read(watch) < 3 * N:
                 peak = max(peak, _vm_hwm_mb(proc.pid))
                 if proc.poll() is not None:
                     raise RuntimeError(f"deduplicator exited {proc.returncode}: see {base}")
@@ -193,6 +197,7 @@ def main() -> None:
             ours_s = time.perf_counter() - started
             peak = max(peak, _vm_hwm_mb(proc.pid))
         finally:
+            watch.close()
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
         written = _count(prod.dsn("prod"))
