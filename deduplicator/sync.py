@@ -101,9 +101,16 @@ class GathererSync:
         self._positions: dict[str, tuple[int, int]] | None = None
         self._checked_at = 0.0
         self._ahead: dict[str, ReadAhead] = {}
+        #: Tables named by NOTIFY since the last round; tables that may still hold rows (a full
+        #: batch, or notified but their rows not yet below the horizon); last full round.
+        self._notified: set[str] = set()
+        self._pending: set[str] = set()
+        self._full_round_at = 0.0
 
     # ------------------------------------------------------------------ connections
-    def _on_notify(self, *_args: object) -> None:
+    def _on_notify(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
+        # The payload is the table that committed rows (kd_notify_ingest).
+        self._notified.add(str(payload))
         self.wake.set()
 
     async def _gatherer(self) -> asyncpg.Connection:
@@ -141,6 +148,7 @@ class GathererSync:
         self._gconn = self._pconn = None
         self._positions = None
         self._ahead.clear()
+        self._full_round_at = 0.0  # reconnected: look at every table first
 
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -150,6 +158,10 @@ class GathererSync:
                 self._publish_breaker()
                 await _wait(stop, self.breaker.seconds_until_probe())
                 continue
+            # Cleared *before* the round: a notification that arrives while the round runs
+            # (after its table was read) wakes the next round instead of being lost until the
+            # poll interval.
+            self.wake.clear()
             try:
                 with correlation():
                     progressed = await self._round()
@@ -170,7 +182,6 @@ class GathererSync:
             self.backoff.reset()
             self._publish_breaker()
             if not progressed:
-                self.wake.clear()
                 await _wait_event(stop, self.wake, self.cfg.poll_interval_s)
 
     async def _failed(self, exc: BaseException) -> None:
@@ -264,7 +275,7 @@ class GathererSync:
             raise SourceError(self.src.id, "horizon query failed") from exc
         progressed = False
         now = time.time()
-        for spec in SYNCED_TABLES:
+        for spec in self._tables_to_visit(now):
             if not self.lease.leader:
                 raise NotLeader("stepped down")
             progress = self.status.tables[spec.name]
@@ -286,7 +297,7 @@ class GathererSync:
                 if keyed is None:
                     progress.fresh_until = now
                     progress.backlog = 0
-                    continue
+                    continue  # (stays pending if it was notified: see _tables_to_visit)
                 bounds = keyed[0]
                 result = await self._merge_filtered(gconn, pconn, spec, *keyed, horizon)
             else:
@@ -310,7 +321,35 @@ class GathererSync:
                 progress.fresh_until = result.newest_received_at
             full = bounds.rows >= self.cfg.batch_rows
             progress.backlog = await source.backlog(gconn, spec, bounds.end[1]) if full else 0
+            if full:
+                self._pending.add(spec.name)
+            else:
+                self._pending.discard(spec.name)
         return progressed
+
+    def _tables_to_visit(self, now: float) -> list[TableSpec]:
+        """Every table on a full round (the first, then every ``poll_interval_s``, and when a
+        notification names no known table); otherwise only the tables notified since the last
+        round and those still pending. A notified table stays pending until a batch of it is
+        merged (its rows may not be below the horizon yet) or the next full round.
+
+        Tables left out have had no commit since they were last read (NOTIFY is sent at every
+        commit that inserts rows), so they are as fresh as this round.
+        """
+        notified, self._notified = self._notified, set()
+        mono = time.monotonic()
+        names = {spec.name for spec in SYNCED_TABLES}
+        if mono - self._full_round_at >= self.cfg.poll_interval_s or not notified <= names:
+            self._full_round_at = mono
+            self._pending.clear()
+            return list(SYNCED_TABLES)
+        self._pending |= notified
+        visit = [spec for spec in SYNCED_TABLES if spec.name in self._pending]
+        for spec in SYNCED_TABLES:
+            if spec.name not in self._pending:
+                self.status.tables[spec.name].fresh_until = now
+                self.status.tables[spec.name].backlog = 0
+        return visit
 
     async def _merge(
         self,
