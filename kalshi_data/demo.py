@@ -190,7 +190,7 @@ def _start_gatherers(demo: Demo, gatherers: list[dict[str, str]]) -> None:
                 "private_key_file": info["private_key_file"],
             },
             # A short flush interval trades a few more, smaller COPYs for freshness.
-            "database": {"dsn": f"file:{g['writer_dsn']}", "flush_interval_s": 0.02},
+            "database": {"dsn": f"file:{g['writer_dsn']}", "flush_interval_s": 0.01},
             "spool_dir": str(demo.workdir / "spool" / g["id"]),
             "http": {"listen": f"127.0.0.1:{port}"},
             "snapshot_interval_s": 60,
