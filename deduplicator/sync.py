@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -26,6 +28,7 @@ from kalshi_data.resilience import Backoff, BreakerState, CircuitBreaker, ErrorC
 from kalshi_data.tables import SYNCED_TABLES, TableSpec
 
 log = logging.getLogger("deduplicator.sync")
+_T = TypeVar("_T")
 
 #: Table kinds whose rows are immutable once merged (``ON CONFLICT DO NOTHING``): only these
 #: use the seen-identity filter. Metadata is upserted when newer; logs never repeat.
@@ -393,17 +396,9 @@ class GathererSync:
         cursor: tuple[int, int],
         horizon: int,
     ) -> source.BatchBounds | None:
-        try:
-            return await source.next_batch(
-                gconn,
-                spec,
-                cursor,
-                horizon,
-                max_rows=self.cfg.batch_rows,
-                max_bytes=self.cfg.batch_bytes,
-            )
-        except Exception as exc:
-            raise SourceError(self.src.id, f"batch query on {spec.name} failed") from exc
+        return await self._from_source(
+            spec, source.next_batch(gconn, spec, cursor, horizon, **self._limits())
+        )
 
     async def _keyed_batch(
         self,
@@ -412,15 +407,17 @@ class GathererSync:
         cursor: tuple[int, int],
         horizon: int,
     ) -> tuple[source.BatchBounds, source.BatchKeys] | None:
+        return await self._from_source(
+            spec, source.keyed_batch(gconn, spec, cursor, horizon, **self._limits())
+        )
+
+    def _limits(self) -> dict[str, int]:
+        return {"max_rows": self.cfg.batch_rows, "max_bytes": self.cfg.batch_bytes}
+
+    async def _from_source(self, spec: TableSpec, call: Awaitable[_T]) -> _T:
+        """Await a batch query; its failure counts against the gatherer."""
         try:
-            return await source.keyed_batch(
-                gconn,
-                spec,
-                cursor,
-                horizon,
-                max_rows=self.cfg.batch_rows,
-                max_bytes=self.cfg.batch_bytes,
-            )
+            return await call
         except Exception as exc:
             raise SourceError(self.src.id, f"batch query on {spec.name} failed") from exc
 
