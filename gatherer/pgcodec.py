@@ -12,6 +12,7 @@ installs the codec on one connection.
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Any
 
 import orjson
@@ -86,6 +87,8 @@ def inserted_count(status: str) -> int:
 
 
 def _json_default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):  # a subclass (asyncpg's C UUID); orjson takes only the base
+        return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$base64": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, (set, frozenset)):

@@ -61,6 +61,8 @@ class SpoolFormatError(ValueError):
 def _default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$b": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, uuid.UUID):  # a subclass (asyncpg's C UUID); orjson takes only the base
+        return str(value)
     raise TypeError(f"cannot spool a value of type {type(value).__name__}")
 
 

@@ -1,6 +1,6 @@
 """Typed records of Kalshi data, one class per synced table, and the fixed-point helpers.
 
-Each record is a frozen slotted dataclass with ``table`` (the :mod:`kalshi_data.tables` name) and
+Each record is a slotted dataclass with ``table`` (the :mod:`kalshi_data.tables` name) and
 ``row(received_at_us, *, suspect=False, ...)`` returning a tuple in exactly
 ``tables.<TABLE>.column_names`` order, ready for COPY:
 
@@ -9,6 +9,11 @@ Each record is a frozen slotted dataclass with ``table`` (the :mod:`kalshi_data.
 - ``content_hash``: signed 64-bit int, blake2b (8 bytes) over a canonical JSON serialisation of
   the record's normalised state fields (the identity of *state* rows, DESIGN §3);
 - uuids: :class:`uuid.UUID`; jsonb: canonical JSON ``str`` (sorted keys); arrays: lists.
+
+The records of the three per-frame types (:class:`DeltaRec`, :class:`TradeRec`,
+:class:`TickerRec`) are not frozen: the gatherer builds one per WebSocket frame, and a frozen
+dataclass costs about four times as much to build (``object.__setattr__`` per field). Treat them
+as immutable all the same; the others are frozen.
 
 Times the exchange does not send:
 
@@ -83,7 +88,7 @@ def second_floor_us(us: int) -> int:
     return us - us % 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per frame, see the module docstring
 class TradeRec:
     """A public trade (WS ``trade`` or REST ``/markets/trades``); identity ``(trade_id, ts)``."""
 
@@ -122,7 +127,7 @@ class TradeRec:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per frame, see the module docstring
 class DeltaRec:
     """An order-book change; ``exchange_ts_us`` is None when the frame had no time."""
 
@@ -212,7 +217,7 @@ class SnapshotRec:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per frame, see the module docstring
 class TickerRec:
     """A ticker state; ``price``/``yes_bid``/``yes_ask`` are None when the wire had ``""``."""
 

@@ -31,6 +31,7 @@ from kalshi_data.kalshi.parse import (
     CONTROL_TYPES,
     DeadLetter,
     Frame,
+    dead_letter,
     decode_frame,
     parse_data,
 )
@@ -74,7 +75,7 @@ class Subscribed:
     sid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per frame (a frozen dataclass costs 4x to build)
 class Data:
     """A data frame: its record, or a dead letter when the payload was bad.
 
@@ -307,28 +308,33 @@ class WsProtocol:
                 return self._control(frame)
             return self._data(frame)
         except Exception as exc:  # DESIGN §4.5: never crash the loop on input
-            return [DeadLetter(f"protocol state error: {type(exc).__name__}", frame.raw)]
+            return [dead_letter(f"protocol state error: {type(exc).__name__}", frame.raw)]
 
     def _data(self, frame: Frame) -> list[Event]:
-        events: list[Event] = []
         sid, seq = frame.sid, frame.seq
         if sid is not None and seq is not None:
             sub = self._subs.get(sid)
             if sub is not None:
                 last = sub.last_seq
-                if seq <= last:
+                if seq == last + 1 and sid not in self._control_seqs:  # the common case
+                    sub.last_seq = seq
+                elif seq <= last:
                     return [Duplicate(sid, seq)]
-                expected = last + 1
-                skipped = self._control_seqs.pop(sid, set())
-                while expected in skipped and expected < seq:
-                    expected += 1
-                if seq > expected:
-                    events.append(Gap(sid, sub.channel, tuple(sub.markets), expected, seq))
-                sub.last_seq = seq
+                else:
+                    expected = last + 1
+                    skipped = self._control_seqs.pop(sid, set())
+                    while expected in skipped and expected < seq:
+                        expected += 1
+                    sub.last_seq = seq
+                    if seq > expected:
+                        gap = Gap(sid, sub.channel, tuple(sub.markets), expected, seq)
+                        return [gap, self._data_event(frame)]
+        return [self._data_event(frame)]
+
+    def _data_event(self, frame: Frame) -> Data:
         if frame.id is not None and frame.type == "orderbook_snapshot":
             self._snapshot_answered(frame)
-        events.append(Data(sid, seq, frame.type, parse_data(frame), frame.id))
-        return events
+        return Data(frame.sid, frame.seq, frame.type, parse_data(frame), frame.id)
 
     def _snapshot_answered(self, frame: Frame) -> None:
         """A snapshot echoing a ``get_snapshot`` id: tick its ticker off the pending command."""
@@ -352,7 +358,7 @@ class WsProtocol:
             return self._subscribed(frame)
         if frame.type == "unsubscribed":
             if frame.sid is None:
-                return [DeadLetter("unsubscribed: sid missing", frame.raw)]
+                return [dead_letter("unsubscribed: sid missing", frame.raw)]
             self._subs.pop(frame.sid, None)
             self._control_seqs.pop(frame.sid, None)
             self._finish_unsubscribe(frame)
@@ -375,10 +381,10 @@ class WsProtocol:
     def _subscribed(self, frame: Frame) -> list[Event]:
         msg = frame.msg
         if not isinstance(msg, dict):
-            return [DeadLetter("subscribed: msg is not an object", frame.raw)]
+            return [dead_letter("subscribed: msg is not an object", frame.raw)]
         channel, sid = msg.get("channel"), msg.get("sid")
         if not isinstance(channel, str) or isinstance(sid, bool) or not isinstance(sid, int):
-            return [DeadLetter("subscribed: channel or sid missing", frame.raw)]
+            return [dead_letter("subscribed: channel or sid missing", frame.raw)]
         markets: list[str] = []
         pending = self._pending.get(frame.id) if frame.id is not None else None
         if pending is not None:

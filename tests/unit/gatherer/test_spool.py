@@ -287,3 +287,16 @@ def test_quarantine_sets_a_segment_aside(tmp_path: Path) -> None:
     assert spool.closed_segments() == []
     assert spool.bytes == 0
     assert Spool(tmp_path).closed_segments() == []
+
+
+def test_parser_uuids_spool_and_render_as_plain_uuids() -> None:
+    """The parser's uuids (asyncpg's C subclass, which orjson refuses natively) spool and come
+    back equal, and a dead-lettered row renders them as their string form."""
+    from asyncpg.pgproto.pgproto import UUID as CUUID
+
+    tid = CUUID("259087dc-fe9a-4af5-9dd3-0a7168f28a5b")
+    row = (tid, "KXT-1", 1, 1, 9999, 100, None, None, None, False, 1, 1, False, 2)
+    table, rows = decode_payload(encode_payload("trades", [row]))
+    assert (table, rows) == ("trades", [row])
+    assert isinstance(rows[0][0], uuid.UUID)
+    assert b"259087dc-fe9a-4af5-9dd3-0a7168f28a5b" in render_raw("trades", row)
