@@ -3,9 +3,11 @@
 One :class:`Connection` per configured WebSocket; :class:`ConnectionManager` shards markets over
 them (:class:`~gatherer.shards.ShardPlan`). Each connection:
 
-- connects with the signed upgrade headers (kalshi-protocol.md §2), liveness from ping/pong
-  (websockets' ``ping_interval``/``ping_timeout`` plus answering the server's ``heartbeat``
-  pings, §3.3) — never from data silence, most markets are quiet for minutes (DESIGN §5);
+- connects with the signed upgrade headers (kalshi-protocol.md §2) through aiohttp
+  (:func:`~kalshi_data.kalshi.wsconnect.ws_connect`); liveness from ping/pong: a ping every
+  ``ping_interval_s``, the connection dropped when its pong takes longer than ``ping_timeout_s``,
+  and the server's ``heartbeat`` pings answered (§3.3) — never from data silence, most markets
+  are quiet for minutes (DESIGN §5);
 - subscribes its markets' ``orderbook_delta`` in batches, then ``add_markets``/``delete_markets``
   as the registry changes (:class:`~gatherer.shards.SubscriptionLayout`: one subscription per
   market, DESIGN §3); connection 0 also carries ``trade``, ``ticker`` and ``market_lifecycle_v2``
@@ -26,10 +28,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlparse
 
-import websockets
-from websockets.asyncio.client import ClientConnection
+import aiohttp
+from aiohttp import WSMsgType
 
 from gatherer.config import GathererConfig
 from gatherer.ingest import Ingest, now_us
@@ -38,6 +39,7 @@ from gatherer.sequencing import OpenGap
 from gatherer.shards import AddMarkets, DeleteMarkets, ShardPlan, Subscribe, SubscriptionLayout
 from kalshi_data.kalshi.parse import DeadLetter
 from kalshi_data.kalshi.signer import Signer
+from kalshi_data.kalshi.wsconnect import ws_connect
 from kalshi_data.kalshi.wsproto import (
     CommandError,
     Data,
@@ -60,6 +62,9 @@ FIREHOSE: tuple[str, ...] = ("trade", "ticker", "market_lifecycle_v2")
 #: Error 26: subscription market limit exceeded (kalshi-protocol.md §3.2).
 MARKET_LIMIT = 26
 
+#: A close code after which the server's close is not worth a warning (normal, going away).
+_CLEAN_CLOSE = frozenset({1000, 1001})
+
 PendingKind = Literal["subscribe", "add", "delete", "snapshot", "firehose", "unsubscribe"]
 
 
@@ -70,6 +75,11 @@ class _Pending:
     markets: tuple[str, ...] = ()
     gap: OpenGap | None = None
     channel: str | None = None
+
+
+def _describe(exc: object) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 class Connection:
@@ -98,7 +108,8 @@ class Connection:
         self._firehose_sids: dict[int, str] = {}
         self._firehose_gaps: dict[str, OpenGap] = {}
         self._firehose_retry: set[str] = set()
-        self._ws: ClientConnection | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pong = asyncio.Event()
         self._kick = asyncio.Event()
         self._stopping = asyncio.Event()
         self._connected_once = False
@@ -127,42 +138,41 @@ class Connection:
     async def run(self) -> None:
         """Connect, subscribe, read; on any failure back off (Full Jitter) and reconnect."""
         backoff = Backoff(self._cfg.backoff_base_s, self._cfg.backoff_cap_s)
-        url = self._cfg.kalshi.ws_url
-        path = urlparse(url).path or "/"
-        while not self._stopping.is_set():
-            try:
-                headers = self._signer.auth_headers("GET", path)
-                async with websockets.connect(
-                    url,
-                    additional_headers=headers,
-                    ping_interval=self._cfg.kalshi.ping_interval_s,
-                    ping_timeout=self._cfg.kalshi.ping_timeout_s,
-                    open_timeout=self._cfg.kalshi.open_timeout_s,
-                    close_timeout=2.0,
-                    max_size=self._cfg.kalshi.max_frame_bytes,
-                    max_queue=64,
-                    compression=None,
-                ) as ws:
-                    await self._session(ws, backoff)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self._stopping.is_set():
-                    log.warning(
-                        "%s: connection failed or lost (%s)",
-                        self.name,
-                        type(exc).__name__,
-                        extra={"connection": self.name},
+        kalshi = self._cfg.kalshi
+        async with aiohttp.ClientSession() as http:
+            while not self._stopping.is_set():
+                try:
+                    ws = await ws_connect(
+                        http,
+                        kalshi.ws_url,
+                        self._signer,
+                        open_timeout_s=kalshi.open_timeout_s,
+                        max_frame_bytes=kalshi.max_frame_bytes,
+                        autoping=False,  # pings answered and pongs timed here
                     )
-            finally:
-                self._disconnected()
-            if self._stopping.is_set():
-                break
-            delay = backoff.next_delay()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                    try:
+                        await self._session(ws, backoff)
+                    finally:
+                        await ws.close()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not self._stopping.is_set():
+                        log.warning(
+                            "%s: connection failed or lost (%s)",
+                            self.name,
+                            _describe(exc),
+                            extra={"connection": self.name},
+                        )
+                finally:
+                    self._disconnected()
+                if self._stopping.is_set():
+                    break
+                delay = backoff.next_delay()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
-    async def _session(self, ws: ClientConnection, backoff: Backoff) -> None:
+    async def _session(self, ws: aiohttp.ClientWebSocketResponse, backoff: Backoff) -> None:
         self._ws = ws
         self.proto.reset()
         self.layout.reset()
@@ -179,35 +189,84 @@ class Connection:
             for channel in FIREHOSE:
                 await self._send_firehose(channel)
         self._kick.set()  # subscribe every wanted market again
-        control = asyncio.create_task(self._control_loop(), name=f"{self.name}-control")
+        helpers = [
+            asyncio.create_task(self._control_loop(), name=f"{self.name}-control"),
+            asyncio.create_task(self._keepalive(ws), name=f"{self.name}-keepalive"),
+        ]
         try:
             first = True
-            ingest = self._ingest
+            ingest = self._ingest.record
             feed = self.proto.feed
-            recv = ws.recv
+            receive = ws.receive
+            text, binary = WSMsgType.TEXT, WSMsgType.BINARY
             while True:
-                try:
-                    # decode=False: text frames as bytes, no UTF-8 decode + re-encode per frame
-                    raw = await recv(decode=False)
-                except websockets.ConnectionClosedOK:
-                    return
+                msg = await receive()
+                kind = msg.type
+                if kind is not text and kind is not binary:
+                    if await self._not_data(ws, msg):
+                        return
+                    continue
                 received = now_us()
                 self.frames += 1
                 self.last_frame_mono = time.monotonic()
                 if first:
                     backoff.reset()  # the link works: the next failure starts from base again
                     first = False
-                for event in feed(raw):
-                    if isinstance(event, Data):
-                        ingest.record(event.record, event.type, received)
+                for event in feed(msg.data):
+                    if type(event) is Data:
+                        ingest(event.record, event.type, received)
                     else:
                         await self._control_event(event, received)
                 if self._stopping.is_set():
                     break
         finally:
-            control.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await control
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _not_data(self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> bool:
+        """A ping, pong or close; True when the session is over without an error."""
+        kind = msg.type
+        if kind is WSMsgType.PING:
+            await ws.pong(msg.data)  # the server's heartbeat (§3.3)
+            return False
+        if kind is WSMsgType.PONG:
+            self._pong.set()
+            return False
+        if kind is WSMsgType.ERROR:
+            raise ConnectionError(f"websocket error: {_describe(msg.data)}")
+        if self._stopping.is_set():
+            return True
+        if kind is WSMsgType.CLOSE and msg.data in _CLEAN_CLOSE:
+            log.info("%s: the server closed the connection (code %s)", self.name, msg.data)
+            return True
+        code = ws.close_code if msg.data is None else msg.data
+        raise ConnectionError(f"websocket closed (code {code})")
+
+    async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Ping every ``ping_interval_s``; no pong within ``ping_timeout_s`` ends the session."""
+        interval = self._cfg.kalshi.ping_interval_s
+        timeout = self._cfg.kalshi.ping_timeout_s
+        while not ws.closed:
+            await asyncio.sleep(interval)
+            self._pong.clear()
+            try:
+                await ws.ping(b"kd")
+                async with asyncio.timeout(timeout):
+                    await self._pong.wait()
+            except TimeoutError:
+                log.warning(
+                    "%s: no pong within %.1f s: dropping the connection",
+                    self.name,
+                    timeout,
+                    extra={"connection": self.name},
+                )
+                # The reader wakes with CLOSING and reconnects; the close handshake with a dead
+                # peer gives up after its own short timeout.
+                await ws.close(code=1011, message=b"ping timeout")
+                return
+            except (ConnectionError, RuntimeError):
+                return  # the socket is going away: the reader sees it
 
     def _disconnected(self) -> None:
         was_up = self.up
@@ -271,7 +330,7 @@ class Connection:
         if ws is None:
             return
         try:
-            await ws.send(text)
+            await ws.send_str(text)
         except Exception as exc:  # the reader sees the close and reconnects
             log.info("%s: send failed (%s)", self.name, type(exc).__name__)
 
