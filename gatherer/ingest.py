@@ -25,8 +25,12 @@ from kalshi_data.records import (
     TickerRec,
     TradeRec,
 )
+from kalshi_data.tables import TICKERS
 
 log = logging.getLogger(__name__)
+_monotonic = time.monotonic
+_TICKER_TS = TICKERS.column_names.index("exchange_ts")
+_TICKER_HASH = TICKERS.column_names.index("content_hash")
 
 Put = Callable[[str, tuple[Any, ...]], None]
 
@@ -79,29 +83,40 @@ class Ingest:
         self._activated_early: set[str] = set()
         #: Gaps opened since start (the service publishes it as ``gatherer_gaps_total``).
         self.gaps_opened = 0
+        #: Per market: the exchange time of its last ticker state and the states seen at it.
+        self._ticker_states: dict[str, tuple[int, set[int]]] = {}
+        #: Ticker states skipped because they repeated one already written (see ``_ticker``).
+        self.repeated_states = 0
 
     def record(self, rec: Record | DeadLetter, frame_type: str, received_at_us: int) -> None:
         """One data frame's record (or its dead letter)."""
         self.frames[frame_type] += 1
-        self.last_data_mono = time.monotonic()
-        put = self._put
-        if isinstance(rec, DeltaRec):
+        self.last_data_mono = _monotonic()
+        kind = type(rec)  # exact types first: this runs for every frame
+        if kind is DeltaRec:
+            assert isinstance(rec, DeltaRec)
             k = self.occurrences.next(rec.identity(received_at_us))
-            row = rec.row(received_at_us, k=k, suspect=self.gaps.is_suspect(rec.ticker))
-            put("orderbook_deltas", row)
+            self._put(
+                "orderbook_deltas",
+                rec.row(received_at_us, k=k, suspect=self.gaps.is_suspect(rec.ticker)),
+            )
             self.rows["orderbook_deltas"] += 1
-        elif isinstance(rec, TradeRec | TickerRec):
-            put(rec.table, rec.row(received_at_us))
-            self.rows[rec.table] += 1
+        elif kind is TickerRec:
+            assert isinstance(rec, TickerRec)
+            self._ticker(rec, received_at_us)
+        elif kind is TradeRec:
+            assert isinstance(rec, TradeRec)
+            self._put("trades", rec.row(received_at_us))
+            self.rows["trades"] += 1
         elif isinstance(rec, SnapshotRec):
-            put("orderbook_snapshots", rec.row(received_at_us))
+            self._put("orderbook_snapshots", rec.row(received_at_us))
             self.rows["orderbook_snapshots"] += 1
             if rec.ticker in self._expect_empty:
                 self._first_snapshot(rec, received_at_us)
             for gap in self.gaps.snapshot(rec.ticker):
                 self._recovered(gap, received_at_us)
         elif isinstance(rec, LifecycleRec):
-            put("lifecycle_events", rec.row(received_at_us))
+            self._put("lifecycle_events", rec.row(received_at_us))
             self.rows["lifecycle_events"] += 1
             if self.on_lifecycle is not None:
                 self.on_lifecycle(rec)
@@ -109,6 +124,27 @@ class Ingest:
             self.dead_letter(rec.reason, rec.raw, "ws", received_at_us)
         else:  # metadata records never arrive on the WebSocket
             self.dead_letter(f"unexpected record {type(rec).__name__}", b"", "ws", received_at_us)
+
+    def _ticker(self, rec: TickerRec, received_at_us: int) -> None:
+        """A ticker row, unless it repeats a state of the same market and millisecond.
+
+        The exchange can send one state twice within a time stamp (A, B, A): both carry the
+        identity (ticker, exchange_ts, content_hash), so the database keeps one row either way.
+        Skipping the repeat here saves the writer a unique violation, which costs a rerun of its
+        whole transaction through staging.
+        """
+        row = rec.row(received_at_us)
+        ts, digest = row[_TICKER_TS], row[_TICKER_HASH]
+        seen = self._ticker_states.get(rec.ticker)
+        if seen is None or seen[0] != ts:
+            self._ticker_states[rec.ticker] = (ts, {digest})
+        elif digest in seen[1]:
+            self.repeated_states += 1
+            return
+        else:
+            seen[1].add(digest)
+        self._put("tickers", row)
+        self.rows["tickers"] += 1
 
     def expect_empty_book(self, market: str) -> None:
         """``market`` was just created: its first snapshot should show an empty book."""
@@ -191,6 +227,7 @@ class Ingest:
 
     def forget_market(self, market: str) -> None:
         """``market`` left the subscriptions: gaps waiting only for it are recovered."""
+        self._ticker_states.pop(market, None)
         for gap in self.gaps.forget(market):
             self._recovered(gap, now_us())
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from gatherer.ingest import Ingest
 from kalshi_data.kalshi.parse import DeadLetter
-from kalshi_data.records import DeltaRec, SnapshotRec
+from kalshi_data.records import DeltaRec, SnapshotRec, TickerRec
 from kalshi_data.tables import BY_NAME
 
 TS = 1_700_000_000_123_000
@@ -98,3 +98,30 @@ def test_activation_before_the_first_snapshot_is_a_gap_even_with_an_empty_book()
     ingest.market_activated("NEW")
     ingest.record(snap("NEW"), "orderbook_snapshot", TS)
     assert [g["how"] for g in rows.of("gaps")] == [None, "late_subscribe"]
+
+
+def _ticker(price: int, ticker: str = "M", ts: int = TS) -> TickerRec:
+    return TickerRec(ticker, None, ts, price, None, None, 100, 100, 1, 1, 10, 10, 10, sid=2)
+
+
+def test_a_repeated_ticker_state_in_one_millisecond_is_written_once():
+    """A, B, A within one exchange time: the second A has A's identity, so it is skipped (the
+    database would keep one either way); the same state at a later time is a new row."""
+    rows = Rows()
+    ingest = Ingest(rows.put)
+    for rec in (_ticker(4200), _ticker(4300), _ticker(4200), _ticker(4200, "N")):
+        ingest.record(rec, "ticker", TS + 9)
+    ingest.record(_ticker(4200, ts=TS + 1000), "ticker", TS + 1009)
+    written = [(r["ticker"], r["price"], r["exchange_ts"]) for r in rows.of("tickers")]
+    assert written == [
+        ("M", 4200, TS),
+        ("M", 4300, TS),
+        ("N", 4200, TS),
+        ("M", 4200, TS + 1000),
+    ]
+    assert ingest.repeated_states == 1
+    assert ingest.rows["tickers"] == 4
+    assert ingest.frames["ticker"] == 5
+    ingest.forget_market("M")  # its remembered states go with it
+    ingest.record(_ticker(4200, ts=TS + 1000), "ticker", TS + 1010)
+    assert ingest.rows["tickers"] == 5
