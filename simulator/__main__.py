@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ok/unsubscribed replies take a number from the sid's seq counter",
     )
+    p.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pre-generate N events at start and emit those (no lifecycle; 0 = live model)",
+    )
     return p
 
 
@@ -86,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rest_tokens_per_s=args.rest_rate,
         rest_bucket_tokens=args.rest_burst,
         control_frames_consume_seq=args.control_frames_consume_seq,
+        replay=args.replay,
     )
 
 

@@ -6,6 +6,8 @@ per-subscriber envelope (``sid``/``seq`` differ per subscriber, the ``msg`` byte
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -103,3 +105,27 @@ def malformed(kind: str, frame_type: str, sid: int, seq: int | None, msg: dict[s
     else:
         raise ValueError(f"unknown malformed kind {kind!r}")
     return data_frame(frame_type, sid, seq, orjson.dumps(body))
+
+
+_LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
+
+
+def ws_text_frames(payloads: Iterable[bytes]) -> bytes:
+    """Unmasked, uncompressed WebSocket text frames (RFC 6455 §5.2), one per payload, joined.
+
+    What a server writes: FIN + opcode 1, then the length in 7, 7+16 or 7+64 bits, then the
+    payload. The WebSocket shell writes many frames in one ``transport.write`` with this.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for payload in payloads:
+        n = len(payload)
+        if n < 126:
+            append(bytes((0x81, n)))
+        elif n < 65536:
+            append(_LEN16.pack(0x81, 126, n))
+        else:
+            append(_LEN64.pack(0x81, 127, n))
+        append(payload)
+    return b"".join(parts)

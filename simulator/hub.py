@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
@@ -21,6 +21,9 @@ from simulator.market import Emitted, Exchange
 if TYPE_CHECKING:
     from simulator.session import Session, Sub
     from simulator.truth import TruthLog
+
+#: An emitted event with its ``msg`` serialised: (frame type, market ticker or None, JSON bytes).
+Serialised = tuple[str, str | None, bytes]
 
 #: Frame type -> the channel that carries it (§3.10: event_lifecycle rides market_lifecycle_v2).
 CHANNEL_OF = {
@@ -80,12 +83,16 @@ class Hub:
 
     def publish(self, batch: list[Emitted]) -> None:
         """Serialise, log to truth and fan out every event of ``batch`` in order."""
+        dumps = orjson.dumps
+        self.publish_serialised([(t, ticker, dumps(msg)) for t, ticker, msg in batch])
+
+    def publish_serialised(self, batch: Sequence[Serialised]) -> None:
+        """Log to truth and fan out events whose ``msg`` is already JSON bytes, in order."""
         if self._dirty:
             self._rebuild()
         truth = self.truth
         events = self.events
-        for frame_type, ticker, msg in batch:
-            body = orjson.dumps(msg)
+        for frame_type, ticker, body in batch:
             events[frame_type] += 1
             if truth is not None:
                 truth.append(frame_type, body)

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from simulator.admin import AdminApi
 from simulator.auth import PublicKey, generate_key, load_public_key
 from simulator.config import SimConfig
-from simulator.hub import Hub, wall_ms
+from simulator.hub import Hub, Serialised, wall_ms
 from simulator.market import Emitted, Exchange
 from simulator.rest import RestApi, RestContext
 from simulator.truth import TruthLog
@@ -40,14 +41,11 @@ class Simulator:
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
         self.rate = self.config.rate
-        self.exchange = Exchange(
-            self.config.seed,
-            self.config.markets,
-            int(time.time()),
-            lifecycle_share=self.config.lifecycle_share,
-            duplicate_delta_share=self.config.duplicate_delta_share,
-            trades_kept=self.config.trades_kept,
-        )
+        self._born_s = int(time.time())
+        self.exchange = self._new_exchange()
+        #: Replay mode: the pre-generated events and the index of the next one to emit.
+        self._replay: list[Serialised] = []
+        self._replay_next = 0
         self.truth: TruthLog | None = None
         self.hub = Hub(self.config, self.exchange)
         self.rest = RestContext(self.exchange, self.config)
@@ -63,6 +61,36 @@ class Simulator:
         self._stopped = asyncio.Event()
         self.lag_ticks = 0
 
+    def _new_exchange(self) -> Exchange:
+        cfg = self.config
+        return Exchange(
+            cfg.seed,
+            cfg.markets,
+            self._born_s,
+            # Replay mode keeps a fixed set of markets: REST listings and the stream then agree.
+            lifecycle_share=0.0 if cfg.replay else cfg.lifecycle_share,
+            duplicate_delta_share=cfg.duplicate_delta_share,
+            trades_kept=cfg.trades_kept,
+        )
+
+    def _pregenerate(self, n: int) -> None:
+        """Replay mode: ``n`` events from a twin of the exchange, serialised once.
+
+        The twin has the same catalogue and seed, so the stream starts from the live exchange's
+        state; the live exchange itself never moves, so REST and the snapshots sent on subscribe
+        show the books as they are before the replay starts.
+        """
+        twin = self._new_exchange()
+        out: list[Emitted] = []
+        start_ms = self._born_s * 1000
+        i = 0
+        while len(out) < n:
+            twin.step(start_ms + i // 50, out)  # about 50 events per millisecond of stream
+            i += 1
+        dumps = orjson.dumps
+        self._replay = [(t, ticker, dumps(msg)) for t, ticker, msg in out[:n]]
+        log.info("replay: %d events pre-generated", n)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -75,6 +103,8 @@ class Simulator:
 
     async def _start(self) -> None:
         cfg = self.config
+        if cfg.replay:
+            self._pregenerate(cfg.replay)
         keys: dict[str, PublicKey] = {}
         if cfg.key_id is not None and cfg.public_key_pem is not None:
             keys[cfg.key_id] = load_public_key(cfg.public_key_pem)
@@ -179,12 +209,27 @@ class Simulator:
                 allowance = cap
             if allowance < 1:
                 continue
+            if self._replay:
+                allowance -= self._emit_replay(int(allowance))
+                continue
             ts_ms = wall_ms()
             while len(batch) < allowance:
                 step(ts_ms, batch)
             allowance -= len(batch)
             self.hub.publish(batch)
             batch.clear()
+
+    def _emit_replay(self, n: int) -> int:
+        """Emit the next ``n`` pre-generated events (fewer at the end); returns how many."""
+        start = self._replay_next
+        end = min(start + n, len(self._replay))
+        if start == end:
+            return n  # exhausted: nothing more to send, and no backlog to build up
+        self.hub.publish_serialised(self._replay[start:end])
+        self._replay_next = end
+        if end == len(self._replay):
+            log.warning("replay: all %d pre-generated events emitted", end)
+        return end - start
 
     # --- controls ----------------------------------------------------------------------------
 
@@ -233,6 +278,8 @@ class Simulator:
             "events_catalogue": len(ex.event_list),
             "series": len(ex.series),
             "trades_kept": len(ex.trades),
+            "replay_total": len(self._replay),
+            "replay_remaining": len(self._replay) - self._replay_next,
         }
 
     # --- public properties -------------------------------------------------------------------
