@@ -1,11 +1,13 @@
 """Messages/s one gatherer process sustains into its local PostgreSQL with zero loss.
 
 Setup (all local, real processes): a temporary PostgreSQL cluster, the simulator
-(``python -m simulator``) and one gatherer (``python -m gatherer``). The simulator's rate is
-raised stage by stage; each stage runs a few seconds, pauses the exchange, waits until the
-gatherer has drained (no new messages, empty queues and spool), then compares the database with
-the truth file (nothing missing, nothing extra, no gaps). A stage "holds" when it is lossless and
-the drain after the pause is short (the gatherer kept up rather than buffering).
+(``python -m simulator --replay N``: the events are generated before the run, so the exchange
+costs a few µs per message instead of ~15 and leaves a core for the gatherer) and one gatherer
+(``python -m gatherer``). The simulator's rate is raised stage by stage; each stage runs a few
+seconds, pauses the exchange, waits until the gatherer has drained (no new messages, empty
+queues and spool), then compares the database with the truth file (nothing missing, nothing
+extra, no gaps). A stage "holds" when it is lossless and the drain after the pause is short (the
+gatherer kept up rather than buffering).
 
 Baseline, same run: the rows the gatherer stored are COPYed straight into an empty gatherer
 database with asyncpg (binary COPY, one transaction per 5,000 rows), rows/s printed as the ratio.
@@ -35,8 +37,10 @@ from kalshi_data.tables import BY_NAME
 from kalshi_data.truth import compare
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = (5_000, 10_000, 20_000, 35_000, 50_000, 70_000)
-STAGE_S = 6.0
+STAGES = (10_000, 30_000, 50_000, 60_000)
+STAGE_S = 5.0
+#: Events the simulator pre-generates: every stage's share plus a margin.
+REPLAY = int(sum(STAGES) * STAGE_S * 1.1)
 MARKETS = 400
 TABLES = ("orderbook_deltas", "trades", "tickers", "lifecycle_events")
 #: Gap rows (open and recovered) other than late_subscribe ones.
@@ -97,6 +101,8 @@ class Bench:
                 "5",
                 "--seed",
                 "11",
+                "--replay",
+                str(REPLAY),
             ],
             stdout=subprocess.PIPE,
             stderr=(self.tmp / "sim.log").open("wb"),
@@ -146,6 +152,30 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def _db_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -209,9 +239,8 @@ async def _pipeline_ceiling(dsn: str, truth: Path, limit: int = 300_000) -> tupl
         for line in f:
             obj = orjson.loads(line)
             seq += 1
-            frames.append(
-                orjson.dumps({"type": obj["type"], "sid": 1, "seq": seq, "msg": obj["msg"]})
-            )
+            frame = {"type": obj["type"], "sid": 1, "seq": seq, "msg": obj["msg"]}
+            frames.append(orjson.dumps(frame).decode())  # text, as aiohttp hands it over
             if len(frames) >= limit:
                 break
     writer = Writer(dsn, truth.parent / "ceiling-spool", metrics=GathererMetrics("ceiling"))
@@ -281,14 +310,18 @@ def _run(bench: Bench, tmp: Path, dsn: str, base: str) -> None:
     _wait(ready, 120, "the gatherer to subscribe every market")
     print(
         f"{'target/s':>9} {'emitted/s':>10} {'recv/s':>9} {'drain s':>8} "
-        f"{'missing':>8} {'covered':>8} {'extra':>6} {'gaps':>5}  verdict"
+        f"{'missing':>8} {'covered':>8} {'extra':>6} {'gaps':>5}  "
+        f"{'cpu: gatherer':>13} {'sim':>5} {'pg':>5}  verdict"
     )
+    sim_pid, gatherer_pid = (p.pid for p in bench.procs[:2])
     best = 0.0
     for rate in STAGES:
         metrics = _http(gurl + "/metrics")
         before = _metric(metrics, "gatherer_messages_total")
         lines0 = _http(admin + "/truth_flush", {})["truth_lines"]
         _http(admin + "/rate", {"rate": rate})
+        pg_pids = _postgres_pids()
+        cpu0 = (_cpu_s([gatherer_pid]), _cpu_s([sim_pid]), _cpu_s(pg_pids))
         t0 = time.monotonic()
         _http(admin + "/resume", {})
         time.sleep(STAGE_S)
@@ -309,6 +342,9 @@ def _run(bench: Bench, tmp: Path, dsn: str, base: str) -> None:
 
         _wait(drained, 300, "the gatherer to drain", every_s=0.5)
         t2 = time.monotonic() - 2.0  # the first of the stable polls
+        cpu1 = (_cpu_s([gatherer_pid]), _cpu_s([sim_pid]), _cpu_s(pg_pids))
+        busy = max(t2 - t0, t1 - t0)  # cores used while sending and draining
+        cores = [(b - a) / busy for a, b in zip(cpu0, cpu1, strict=True)]
         received = last[0] - before
         report = compare(dsn, tmp / "truth.jsonl")
         # A market created and activated within milliseconds (the simulator's churn) can send
@@ -334,6 +370,7 @@ def _run(bench: Bench, tmp: Path, dsn: str, base: str) -> None:
         print(
             f"{rate:>9,} {emitted / active:>10,.0f} {received / max(t2 - t0, active):>9,.0f} "
             f"{drain:>8.1f} {missing:>8} {covered:>8} {extra:>6} {gaps:>5}  "
+            f"{cores[0]:>13.2f} {cores[1]:>5.2f} {cores[2]:>5.2f}  "
             f"{'holds' if ok else 'FAILS'}",
             flush=True,
         )

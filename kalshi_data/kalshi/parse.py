@@ -271,12 +271,13 @@ def _opt_price(obj: dict[str, Any], key: str) -> int | None:
     return _price(obj, key)
 
 
-def _count(obj: dict[str, Any], key: str, *, signed: bool = False) -> int:
+def _count(obj: dict[str, Any], key: str, *, signed: bool = False, memo: bool = True) -> int:
+    """A count field; ``memo=False`` for running totals, which would only crowd the memo out."""
     v = obj.get(key)
     if v is None:
         raise _Reject(f"{key} missing")
     try:
-        return _memo_count(v, signed)
+        return _memo_count(v, signed) if memo else parse_count(v, signed=signed)
     except ValueError as exc:
         raise _Reject(f"{key}: {exc}") from None
 
@@ -482,8 +483,8 @@ def _ticker_msg(msg: dict[str, Any], sid: int | None, seq: int | None) -> Ticker
             _opt_memo_price(g("price_dollars")),
             _opt_memo_price(g("yes_bid_dollars")),
             _opt_memo_price(g("yes_ask_dollars")),
-            counts[msg["volume_fp"]],
-            counts[msg["open_interest_fp"]],
+            parse_count(msg["volume_fp"]),  # running totals: nearly every value is new
+            parse_count(msg["open_interest_fp"]),
             _dollars(msg["dollar_volume"]),
             _dollars(msg["dollar_open_interest"]),
             counts[msg["yes_bid_size_fp"]],
@@ -505,8 +506,8 @@ def _ticker_checked(msg: dict[str, Any], sid: int | None, seq: int | None) -> Ti
         price=_opt_price(msg, "price_dollars"),
         yes_bid=_opt_price(msg, "yes_bid_dollars"),
         yes_ask=_opt_price(msg, "yes_ask_dollars"),
-        volume=_count(msg, "volume_fp"),
-        open_interest=_count(msg, "open_interest_fp"),
+        volume=_count(msg, "volume_fp", memo=False),
+        open_interest=_count(msg, "open_interest_fp", memo=False),
         dollar_volume=_req_int(msg, "dollar_volume", lo=-_DOLLARS_BOUND, hi=_DOLLARS_BOUND),
         dollar_open_interest=_req_int(
             msg, "dollar_open_interest", lo=-_DOLLARS_BOUND, hi=_DOLLARS_BOUND
