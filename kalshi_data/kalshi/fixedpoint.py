@@ -74,6 +74,25 @@ def parse_count(s: str, *, signed: bool = False) -> int:
         ValueError: not a string, not a plain decimal, more than 2 decimals, negative when
             ``signed`` is false, or larger in magnitude than :data:`MAX_COUNT`.
     """
+    if type(s) is str and s.isascii():
+        # The plain form ("136.00", "5", "5.") without a regex; anything else (a sign, a
+        # non-ASCII digit, too many digits) takes the regex below, which also says why not.
+        whole, dot, frac = s.partition(".")
+        if (
+            whole.isdigit()
+            and len(whole) <= 13
+            and len(frac) <= 2
+            and (frac.isdigit() or not frac)
+            and (dot or not frac)
+        ):
+            value = int(whole) * COUNT_SCALE + (int(frac.ljust(2, "0")) if frac else 0)
+            if value <= MAX_COUNT:
+                return value
+    return _parse_count_re(s, signed)
+
+
+def _parse_count_re(s: str, signed: bool) -> int:
+    """:func:`parse_count` by regex, for every form (and every reason to refuse one)."""
     if not isinstance(s, str):
         raise _wrong_type("count must be a decimal string", s)
     m = _COUNT_RE.fullmatch(s)

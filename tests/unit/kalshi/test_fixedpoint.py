@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kalshi_data.kalshi import fixedpoint
 from kalshi_data.kalshi.fixedpoint import (
     MAX_COUNT,
     exchange_ts_us,
@@ -97,3 +98,22 @@ def test_exchange_ts_precedence() -> None:
         ts_to_us(True)
     with pytest.raises(ValueError, match="outside"):
         exchange_ts_us({"ts_ms": 1})
+
+
+COUNT_CHARS = st.sampled_from([*list("0123456789.-+ e٣²"), "00", "1234567890123"])
+
+
+@settings(max_examples=2000)
+@given(text=st.one_of(st.lists(COUNT_CHARS, max_size=8).map("".join), st.text(max_size=10)))
+def test_count_fast_form_matches_the_regex(text: str) -> None:
+    """parse_count's regex-free plain form returns what the regex path returns, or both refuse."""
+    for signed in (False, True):
+        try:
+            want: object = fixedpoint._parse_count_re(text, signed)
+        except ValueError as exc:
+            want = ("refused", str(exc))
+        try:
+            got: object = parse_count(text, signed=signed)
+        except ValueError as exc:
+            got = ("refused", str(exc))
+        assert got == want, text
