@@ -6,8 +6,8 @@ costs a few µs per message instead of ~15 and leaves a core for the gatherer) a
 (``python -m gatherer``). The simulator's rate is raised stage by stage; each stage runs a few
 seconds, pauses the exchange, waits until the gatherer has drained (no new messages, empty
 queues and spool), then compares the database with the truth file (nothing missing, nothing
-extra, no gaps). A stage "holds" when it is lossless and the drain after the pause is short (the
-gatherer kept up rather than buffering).
+extra, no gaps). A stage "holds" when it is lossless and the gatherer drained within
+``MAX_DRAIN_S`` of the pause (it kept up rather than buffering).
 
 Baseline, same run: the rows the gatherer stored are COPYed straight into an empty gatherer
 database with asyncpg (binary COPY, one transaction per 5,000 rows), rows/s printed as the ratio.
@@ -39,6 +39,9 @@ from kalshi_data.truth import compare
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (10_000, 30_000, 50_000, 60_000)
 STAGE_S = 5.0
+#: A stage keeps up when the gatherer has drained this soon after the pause. The metrics it is
+#: judged by refresh every ~0.5 s, so a gatherer that never fell behind shows 0.0-0.5 s.
+MAX_DRAIN_S = 1.0
 #: Events the simulator pre-generates: every stage's share plus a margin.
 REPLAY = int(sum(STAGES) * STAGE_S * 1.1)
 MARKETS = 400
@@ -364,7 +367,7 @@ def _run(bench: Bench, tmp: Path, dsn: str, base: str) -> None:
         gaps = _db_count(dsn, NOT_LATE.format(cols="count(*)"))
         drain = max(0.0, t2 - t1)
         active = t1 - t0
-        ok = missing == 0 and extra == 0 and gaps == 0 and drain < 2.5
+        ok = missing == 0 and extra == 0 and gaps == 0 and drain <= MAX_DRAIN_S
         if ok:
             best = max(best, received / active)
         print(
