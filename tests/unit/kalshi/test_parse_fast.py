@@ -111,39 +111,10 @@ FIXED_ODD: list[Any] = [
     "x" * 70,
 ]
 ODD_VALUES = st.one_of(
-    st.sampled_from(FIXED_ODD),
+    st.sampled_from([*FIXED_ODD, "5.00", "KXFAST-26AUG22-B160"]),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from(
-        [
-            "",
-            "0.0000",
-            "1.0000",
-            "1.0001",
-            "0.12345",
-            "-0.5000",
-            "0.00",
-            "-0.00",
-            "5.00",
-            "-5.00",
-            "99999999999999.00",
-            "yes",
-            "no",
-            "YES",
-            "KXFAST-26AUG22-B160",
-            "bad ticker",
-            "{e1b81ebf-9511-4e54-877c-97894f02122f}",
-            "e1b81ebf95114e54877c97894f02122f",
-            "urn:uuid:e1b81ebf-9511-4e54-877c-97894f02122f",
-            "not-a-uuid",
-            "2023-11-14T22:13:20Z",
-            "x" * 70,
-        ]
-    ),
     st.integers(min_value=946_684_800_000 - 2, max_value=946_684_800_000 + 2),
     st.integers(min_value=4_102_444_800_000 - 2, max_value=4_102_444_800_000 + 2),
-    st.just([]),
-    st.just({}),
-    st.just(1.5),
     st.text(max_size=12),
 )
 
