@@ -57,9 +57,14 @@ def _pipe(prod: asyncpg.Connection, spec: TableSpec, since: datetime) -> CopyPip
     return CopyPipe(prod, query, *args, name=f"restore-{spec.name}")
 
 
-async def restore(production_dsn: str, gatherer_dsn: str, since: timedelta) -> dict[str, int]:
-    """Copy the window into the gatherer; returns rows inserted per table."""
-    start = datetime.now(UTC) - since
+async def restore(
+    production_dsn: str, gatherer_dsn: str, since: timedelta, *, now: datetime | None = None
+) -> dict[str, int]:
+    """Copy the window ``[now - since, …)`` into the gatherer; returns rows inserted per table.
+
+    ``now`` defaults to the clock; tests and replays pass their own.
+    """
+    start = (now or datetime.now(UTC)) - since
     prod = await asyncpg.connect(production_dsn, timeout=10)
     gath = await asyncpg.connect(gatherer_dsn, timeout=10)
     inserted: dict[str, int] = {}

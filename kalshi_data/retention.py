@@ -69,10 +69,19 @@ async def _old_partitions(gath: asyncpg.Connection, table: str, before: datetime
 
 
 async def run_retention(
-    gatherer_dsn: str, production_dsn: str, gatherer_id: str, keep: timedelta, *, dry_run: bool
+    gatherer_dsn: str,
+    production_dsn: str,
+    gatherer_id: str,
+    keep: timedelta,
+    *,
+    dry_run: bool,
+    now: datetime | None = None,
 ) -> list[Decision]:
-    """Drop fully synced partitions older than ``keep``; returns one decision per candidate."""
-    before = datetime.now(UTC) - keep
+    """Drop fully synced partitions older than ``now - keep``; one decision per candidate.
+
+    ``now`` defaults to the clock; tests pass their own so that the day is computed once.
+    """
+    before = (now or datetime.now(UTC)) - keep
     gath = await asyncpg.connect(gatherer_dsn, timeout=10)
     prod = await asyncpg.connect(production_dsn, timeout=10)
     decisions: list[Decision] = []

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -29,7 +30,9 @@ from kalshi_data.users import create_user
 
 READER_PW = "reader-test-pw"  # generated per run would be nicer; these clusters live minutes
 WRITER_PW = "writer-test-pw"
-BASE_TS = "2026-11-22 12:00:00+00"
+#: Rows are stamped an hour before the run started (never a fixed date: the restore and retention
+#: windows are computed from the clock, and a fixed date would leave them one day).
+BASE_TS = (datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)).isoformat(sep=" ")
 
 TRADE_SQL = """
 INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, taker_outcome_side,

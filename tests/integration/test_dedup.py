@@ -23,6 +23,7 @@ from kalshi_data.config import load_config
 from kalshi_data.pgcluster import PgCluster
 from kalshi_data.restore import restore
 from tests.integration.dedup_support import (
+    BASE_TS,
     TRADE_SQL,
     DedupProcess,
     Topology,
@@ -152,7 +153,7 @@ async def test_cursor_never_skips_slow_or_concurrent_commits(topo: Topology) -> 
 
 
 def _params(lo: int, hi: int) -> dict[str, object]:
-    return {"base": "2026-11-22 12:00:00+00", "lo": lo, "hi": hi, "suspect": False}
+    return {"base": BASE_TS, "lo": lo, "hi": hi, "suspect": False}
 
 
 def _count(topo: Topology) -> int:

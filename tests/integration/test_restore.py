@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -24,6 +24,7 @@ async def test_restore_copies_the_recent_window_once(shared_pg: PgCluster) -> No
     """Rows inside the window are restored once; older rows are not; a rerun adds nothing."""
     prod = shared_pg.create_database("restore_prod")
     gath = shared_pg.create_database("restore_gath")
+    now = datetime.now(UTC)  # the rows and the window derive from this one reading
     try:
         migrate(prod, "production")
         migrate(gath, "gatherer")
@@ -31,24 +32,25 @@ async def test_restore_copies_the_recent_window_once(shared_pg: PgCluster) -> No
             conn.execute(
                 "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
                 "is_block_trade, suspect, received_at, gatherer_id) SELECT md5('r' || i)::uuid, "
-                "'MKT-1', now() - i * interval '1 minute', 4200, 5800, 100, false, false, now(), "
-                "'g1' FROM generate_series(0, 599) AS i"
+                "'MKT-1', %s::timestamptz - i * interval '1 minute', 4200, 5800, 100, false, "
+                "false, now(), 'g1' FROM generate_series(0, 599) AS i",
+                (now,),
             )
             conn.execute(
                 "INSERT INTO markets (ticker, event_ticker, status, updated_time, data, "
                 "content_hash, received_at, gatherer_id) VALUES "
                 "('MKT-1', 'EV-1', 'active', now(), '{}', 7, now(), 'g1')"
             )
-        counts = await restore(prod, gath, timedelta(hours=5))
-        assert counts["trades"] == 300  # minutes 0..299 of the 600
+        counts = await restore(prod, gath, timedelta(hours=5), now=now)
+        assert counts["trades"] == 301  # minutes 0..300 of the 600: the window includes its start
         assert counts["markets"] == 1
-        again = await restore(prod, gath, timedelta(hours=5))
+        again = await restore(prod, gath, timedelta(hours=5), now=now)
         assert again["trades"] == 0
         with psycopg.connect(gath) as conn:
             row = conn.execute(
                 "SELECT count(*), count(DISTINCT trade_id), min(ingest_id) > 0 FROM trades"
             ).fetchone()
-        assert row == (300, 300, True)
+        assert row == (301, 301, True)
     finally:
         shared_pg.execute('DROP DATABASE "restore_prod" WITH (FORCE)')
         shared_pg.execute('DROP DATABASE "restore_gath" WITH (FORCE)')

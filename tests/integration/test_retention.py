@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -14,25 +14,33 @@ from kalshi_data.retention import run_retention
 INSERT = (
     "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
     "is_block_trade, suspect, received_at) SELECT gen_random_uuid(), 'MKT', "
-    "date_trunc('day', now()) - interval '{d} days' + i * interval '1 s', 1, 1, 1, false, false, "
+    "%(day)s::timestamptz + i * interval '1 s', 1, 1, 1, false, false, "
     "now() FROM generate_series(1, 10) AS i"
 )
+
+
+def _midnight(now: datetime, days_ago: int) -> datetime:
+    """UTC midnight ``days_ago`` days before ``now`` (the one clock reading of a test)."""
+    return datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=days_ago)
 
 
 async def test_unsynced_partitions_survive(shared_pg: PgCluster) -> None:
     """Old synced partitions are dropped; an old one with unsynced rows is kept; new ones stay."""
     gath = shared_pg.create_database("ret_gath")
     prod = shared_pg.create_database("ret_prod")
+    # One clock reading for the whole test: the rows' days, the partition names and the
+    # retention cut-off all derive from it, so a UTC midnight during the run changes nothing.
+    now = datetime.now(UTC)
     try:
         migrate(gath, "gatherer")
         migrate(prod, "production")
         with psycopg.connect(gath, autocommit=True) as conn:
             conn.execute("SELECT kd_ensure_partitions(20, 2)")
-            conn.execute(INSERT.format(d=10).encode())  # synced below
+            conn.execute(INSERT, {"day": _midnight(now, 10)})  # synced below
             row = conn.execute(
                 "SELECT max(ingest_xid)::text, max(ingest_id) FROM trades"
             ).fetchone()
-            conn.execute(INSERT.format(d=9).encode())  # written after the cursor: unsynced
+            conn.execute(INSERT, {"day": _midnight(now, 9)})  # after the cursor: unsynced
             sysid = conn.execute(
                 "SELECT system_identifier::text FROM pg_control_system()"
             ).fetchone()
@@ -46,13 +54,13 @@ async def test_unsynced_partitions_survive(shared_pg: PgCluster) -> None:
                     "last_xid, last_id) VALUES ('g1', %s, %s, %s::xid8, %s)",
                     (t, sysid[0], xid, iid),
                 )
-        dry = await run_retention(gath, prod, "g1", timedelta(days=5), dry_run=True)
+        dry = await run_retention(gath, prod, "g1", timedelta(days=5), dry_run=True, now=now)
         by_part = {d.partition: d.action for d in dry if d.table == "trades"}
-        day10 = next(p for p in by_part if p.endswith(_suffix(shared_pg, 10)))
-        day9 = next(p for p in by_part if p.endswith(_suffix(shared_pg, 9)))
+        day10 = next(p for p in by_part if p.endswith(f"{_midnight(now, 10):%Y%m%d}"))
+        day9 = next(p for p in by_part if p.endswith(f"{_midnight(now, 9):%Y%m%d}"))
         assert by_part[day10] == "would drop"
         assert by_part[day9] == "kept: unsynced rows"
-        done = await run_retention(gath, prod, "g1", timedelta(days=5), dry_run=False)
+        done = await run_retention(gath, prod, "g1", timedelta(days=5), dry_run=False, now=now)
         assert any(d.partition == day10 and d.action == "dropped" for d in done)
         with psycopg.connect(gath) as conn:
             left = conn.execute("SELECT count(*) FROM trades").fetchone()
@@ -60,13 +68,6 @@ async def test_unsynced_partitions_survive(shared_pg: PgCluster) -> None:
     finally:
         shared_pg.execute('DROP DATABASE "ret_gath" WITH (FORCE)')
         shared_pg.execute('DROP DATABASE "ret_prod" WITH (FORCE)')
-
-
-def _suffix(cluster: PgCluster, days_ago: int) -> str:
-    row = cluster.execute(
-        f"SELECT to_char((now() AT TIME ZONE 'UTC')::date - {days_ago}, 'YYYYMMDD')"
-    )
-    return str(row[0][0])
 
 
 async def test_foreign_cursor_refuses(shared_pg: PgCluster) -> None:
