@@ -1,8 +1,9 @@
 """Numbered SQL migrations with checksums, applied under an advisory lock.
 
-``kalshi-data migrate gatherer|production --dsn DSN`` applies ``migrations/<target>/NNNN_*.sql``
-in order. Each file runs in its own transaction together with its ``schema_migrations`` row, so
-a file is either fully applied or not at all. A session advisory lock serialises concurrent
+``kalshi-data migrate gatherer|production --dsn DSN`` applies the package's
+``kalshi_data/migrations/<target>/NNNN_*.sql`` in order. Each file runs in its own
+transaction together with its ``schema_migrations`` row, so a file is either fully applied or
+not at all. A session advisory lock serialises concurrent
 runs (the second waits, then finds nothing to do). A file whose checksum differs from the one
 recorded when it was applied stops the run: applied migrations are history, never edited.
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -45,14 +46,17 @@ class Migration:
 
 
 def migrations_dir() -> Path:
-    """Where the SQL files live: env override, source checkout, or the installed data files."""
+    """Where the SQL files live: the env override, else the package's own ``migrations`` data.
+
+    The files ship inside the package (wheel or checkout alike) and are found with
+    ``importlib.resources``, so an installed wheel migrates exactly like the source tree.
+    """
     env = os.environ.get("KALSHI_DATA_MIGRATIONS_DIR")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent.parent / "migrations"
-    if here.is_dir():
-        return here
-    return Path(sys.prefix) / "share" / "kalshi-data" / "migrations"
+    root = resources.files("kalshi_data") / "migrations"
+    # A wheel installs as plain files: the Traversable is a real directory on disk.
+    return Path(str(root))
 
 
 def load(target: Target, base: Path | None = None) -> list[Migration]:
