@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gatherer.sequencing import GapBook, OccurrenceIndex, OpenGap, gap_row
+from kalshi_data.kalshi.fixedpoint import SUBUNIT_REASON
 from kalshi_data.kalshi.parse import DeadLetter
 from kalshi_data.records import (
     DeltaRec,
@@ -87,6 +88,8 @@ class Ingest:
         self._ticker_states: dict[str, tuple[int, set[int]]] = {}
         #: Ticker states skipped because they repeated one already written (see ``_ticker``).
         self.repeated_states = 0
+        #: Dead letters refused for a price finer than the storage unit (never rounded).
+        self.subunit_prices = 0
 
     def record(self, rec: Record | DeadLetter, frame_type: str, received_at_us: int) -> None:
         """One data frame's record (or its dead letter)."""
@@ -179,6 +182,8 @@ class Ingest:
     def dead_letter(self, reason: str, raw: bytes, source: str, received_at_us: int) -> None:
         """Store a rejected input with its reason (DESIGN §3: bad input is data)."""
         self.dead_letters[source] += 1
+        if SUBUNIT_REASON in reason:
+            self.subunit_prices += 1
         self._put("dead_letters", (uuid.uuid4(), source, reason[:500], raw, received_at_us))
         self.rows["dead_letters"] += 1
 

@@ -73,7 +73,14 @@ class GathererMetrics:
         self.health_status = Gauge(
             "gatherer_health_status", "2 healthy, 1 degraded, 0 unhealthy", g, registry=r
         )
+        self.subunit_prices = Counter(
+            "gatherer_subunit_prices",
+            "Frames dead-lettered for a price finer than 1/10,000 $ (never rounded)",
+            g,
+            registry=r,
+        )
         for m in (
+            self.subunit_prices,
             self.gaps,
             self.resyncs,
             self.reconnects,

@@ -71,6 +71,7 @@ class GathererService:
         self._tasks: list[asyncio.Task[None]] = []
         self._started_mono = time.monotonic()
         self._gaps_reported = 0
+        self._subunit_reported = 0
         self.rows_put: dict[str, int] = {}
 
     # -- start-up ---------------------------------------------------------------------------
@@ -278,6 +279,9 @@ class GathererService:
                 m.messages.labels(gid, channel).inc(n)
             for source, n in dead.items():
                 m.dead_letters.labels(gid, source).inc(n)
+            if ingest.subunit_prices > self._subunit_reported:
+                m.subunit_prices.labels(gid).inc(ingest.subunit_prices - self._subunit_reported)
+                self._subunit_reported = ingest.subunit_prices
             if ingest.gaps_opened > self._gaps_reported:
                 m.gaps.labels(gid).inc(ingest.gaps_opened - self._gaps_reported)
                 self._gaps_reported = ingest.gaps_opened

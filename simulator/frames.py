@@ -37,7 +37,14 @@ ERRORS: dict[int, str] = {
     26: "Subscription market limit exceeded",
 }
 
-MALFORMED_KINDS = ("invalid_json", "missing_field", "bad_price", "unknown_type")
+MALFORMED_KINDS = (
+    "invalid_json",
+    "missing_field",
+    "bad_price",
+    "unknown_type",
+    "six_decimals",
+    "subunit_price",
+)
 
 _PREFIX: dict[str, bytes] = {}
 
@@ -86,6 +93,9 @@ def malformed(kind: str, frame_type: str, sid: int, seq: int | None, msg: dict[s
     ``invalid_json`` cuts the frame in half; ``missing_field`` drops a required msg field
     (``price_dollars`` on deltas, else the first field); ``bad_price`` puts ``"1.2500"`` (above
     one dollar) in every price field; ``unknown_type`` renames the frame type.
+    ``six_decimals`` writes every price with 6 decimals (``"0.480000"``: the same price, valid by
+    the ``FixedPointDollars`` schema); ``subunit_price`` adds 0.000050 $ to every price (finer
+    than the 1/10,000 $ unit: a client must not round it silently).
     """
     body = dict(msg)
     if kind == "invalid_json":
@@ -100,6 +110,11 @@ def malformed(kind: str, frame_type: str, sid: int, seq: int | None, msg: dict[s
             if key.endswith("_dollars") and isinstance(body[key], str):
                 body[key] = "1.2500"
         body.setdefault("price_dollars", "1.2500")
+    elif kind in ("six_decimals", "subunit_price"):
+        tail = "00" if kind == "six_decimals" else "50"
+        for key in list(body):
+            if key.endswith("_dollars") and isinstance(body[key], str) and len(body[key]) == 6:
+                body[key] = body[key] + tail
     elif kind == "unknown_type":
         frame_type = "mystery_frame"
     else:

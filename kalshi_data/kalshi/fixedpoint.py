@@ -1,6 +1,7 @@
 """Exact fixed-point prices, counts and timestamps (DESIGN §3, kalshi-protocol.md §6).
 
-Kalshi sends prices as dollar strings with up to 4 decimals (``"0.4200"``) and contract counts
+Kalshi sends prices as dollar strings (``FixedPointDollars``: up to 6 decimals by the OpenAPI
+schema, normally 4, ``"0.4200"``) and contract counts
 as strings with 2 decimals (``"136.00"``, signed for order-book deltas). They become integers:
 prices in 1/10,000 dollar, counts in 1/100 contract. Parsing is pure string arithmetic (never
 ``float``, never ``Decimal`` rounding): anything that is not an exact decimal within range raises
@@ -26,7 +27,15 @@ MAX_COUNT = 10**14
 MIN_TS_US = 946_684_800_000_000
 MAX_TS_US = 4_102_444_800_000_000
 
-_PRICE_RE = re.compile(r"(\d{1,2})(?:\.(\d{0,4}))?")
+_PRICE_RE = re.compile(r"(\d{1,2})(?:\.(\d{0,6}))?")
+#: The words every :class:`SubunitPrice` message contains (dead-letter reasons are matched on it).
+SUBUNIT_REASON = "finer than the storage unit"
+
+
+class SubunitPrice(ValueError):
+    """A price with a non-zero 5th or 6th decimal: finer than 1/10,000 $ (never rounded)."""
+
+
 _COUNT_RE = re.compile(r"(-?)(\d{1,13})(?:\.(\d{0,2}))?")
 _RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,12}))?"
@@ -48,15 +57,23 @@ def _shorten(s: object) -> str:
 def parse_price(s: str) -> int:
     """``"0.4200"`` -> 4200: a dollar price string as an integer in 1/10,000 dollar.
 
+    Up to 6 decimals are read (the ``FixedPointDollars`` schema); decimals 5 and 6 must be zero
+    (``"0.480000"`` is 4800): a finer price would need rounding, and is refused instead.
+
     Raises:
-        ValueError: not a string, not a plain decimal, more than 4 decimals, or outside [0, 1] $.
+        SubunitPrice: a non-zero 5th or 6th decimal.
+        ValueError: not a string, not a plain decimal, more than 6 decimals, or outside [0, 1] $.
     """
     if not isinstance(s, str):
         raise _wrong_type("price must be a decimal string", s)
     m = _PRICE_RE.fullmatch(s)
     if m is None:
-        raise ValueError(f"price {_shorten(s)} is not a decimal with at most 4 decimals")
+        raise ValueError(f"price {_shorten(s)} is not a decimal with at most 6 decimals")
     whole, frac = m.group(1), m.group(2) or ""
+    if len(frac) > 4:
+        if frac[4:].strip("0"):
+            raise SubunitPrice(f"price {_shorten(s)} is {SUBUNIT_REASON} (0.0001 $)")
+        frac = frac[:4]
     value = int(whole) * PRICE_SCALE + int(frac.ljust(4, "0"))
     if value > PRICE_SCALE:
         raise ValueError(f"price {_shorten(s)} is above 1 dollar")

@@ -125,3 +125,21 @@ def test_a_repeated_ticker_state_in_one_millisecond_is_written_once():
     ingest.forget_market("M")  # its remembered states go with it
     ingest.record(_ticker(4200, ts=TS + 1000), "ticker", TS + 1010)
     assert ingest.rows["tickers"] == 5
+
+
+def test_issue11_subunit_dead_letters_are_counted() -> None:
+    """A sub-unit price dead letter counts in ``subunit_prices`` (gatherer_subunit_prices_total)."""
+    from gatherer.ingest import Ingest
+    from kalshi_data.kalshi.parse import parse_frame
+
+    rows: list[tuple[str, tuple[object, ...]]] = []
+    ingest = Ingest(lambda t, r: rows.append((t, r)))
+    bad = parse_frame(
+        b'{"type":"trade","sid":3,"seq":1,"msg":{"trade_id":"6a0c1b5e-8f4e-4c1a-9b7e-2d3f4a5b6c7d",'
+        b'"market_ticker":"KXA-1","yes_price_dollars":"0.41005","no_price_dollars":"0.58995",'
+        b'"count_fp":"1.00","ts_ms":1767225600000}}'
+    )
+    ingest.record(bad, "trade", 1_767_225_600_000_000)  # type: ignore[arg-type]
+    ingest.dead_letter("trade: count_fp: bad", b"x", "ws", 1_767_225_600_000_000)
+    assert ingest.subunit_prices == 1
+    assert [t for t, _ in rows] == ["dead_letters", "dead_letters"]

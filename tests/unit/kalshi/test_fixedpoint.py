@@ -30,7 +30,8 @@ def test_parse_price_exact(text: str, value: int) -> None:
     [
         ("1.0001", "above 1 dollar"),
         ("-0.10", "not a decimal"),
-        ("0.42001", "not a decimal"),
+        ("0.42001", "finer than the storage unit"),
+        ("0.4200001", "not a decimal"),
         ("4e-1", "not a decimal"),
         (" 0.42", "not a decimal"),
         ("NaN", "not a decimal"),
@@ -41,6 +42,21 @@ def test_parse_price_exact(text: str, value: int) -> None:
 def test_parse_price_rejects_with_reason(text: str, why: str) -> None:
     """Out-of-range or non-plain prices raise ValueError naming the reason."""
     with pytest.raises(ValueError, match=why):
+        parse_price(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("0.480000", 4800), ("0.48000", 4800), ("1.000000", 10000), ("0.000100", 1)]
+)
+def test_parse_price_trailing_zeros_past_four_decimals(text: str, value: int) -> None:
+    """FixedPointDollars allows 6 decimals: zeros past the 4th are the same price (issue 11)."""
+    assert parse_price(text) == value
+
+
+@pytest.mark.parametrize("text", ["0.480001", "0.00005", "0.999999"])
+def test_parse_price_subunit_is_its_own_error(text: str) -> None:
+    """A non-zero 5th/6th decimal is never rounded: SubunitPrice, a ValueError of its own."""
+    with pytest.raises(fixedpoint.SubunitPrice, match=fixedpoint.SUBUNIT_REASON):
         parse_price(text)
 
 

@@ -399,3 +399,25 @@ def test_arbitrary_rest_objects_never_raise(value: Any) -> None:
     for fn in (market_from_rest, event_from_rest, series_from_rest, trade_from_rest):
         assert _ok(fn(value))
     assert _ok(orderbook_from_rest("T", value))
+
+
+def test_issue11_six_decimal_prices_parse_and_subunit_dead_letters() -> None:
+    """``"0.480000"`` parses like ``"0.4800"``; ``"0.480001"`` dead-letters with its own reason."""
+    from kalshi_data.kalshi.fixedpoint import SUBUNIT_REASON
+    from kalshi_data.kalshi.parse import DeadLetter, parse_frame
+    from kalshi_data.records import DeltaRec
+
+    def frame(price: str) -> bytes:
+        return (
+            b'{"type":"orderbook_delta","sid":1,"seq":2,"msg":{"market_ticker":"KXA-1",'
+            b'"price_dollars":"%b","delta_fp":"5.00","side":"yes","ts_ms":1767225600000}}'
+            % price.encode()
+        )
+
+    ok = parse_frame(frame("0.480000"))
+    assert isinstance(ok, DeltaRec)
+    assert ok.price == 4800
+    bad = parse_frame(frame("0.480001"))
+    assert isinstance(bad, DeadLetter)
+    assert SUBUNIT_REASON in bad.reason
+    assert "price_dollars" in bad.reason

@@ -40,3 +40,28 @@ def test_many_frames_join_in_order() -> None:
     payloads = [b'{"n":%d}' % i for i in range(1000)] + [b"x" * 300, b""]
     frames = _parse_all(ws_text_frames(payloads))
     assert [f.data for f in frames] == payloads
+
+
+def test_issue11_six_decimal_and_subunit_frames() -> None:
+    """The simulator's 6-decimal frames parse to the 4-decimal record; sub-unit ones dead-letter."""
+    import orjson as _orjson
+
+    from kalshi_data.kalshi.fixedpoint import SUBUNIT_REASON
+    from kalshi_data.kalshi.parse import DeadLetter, parse_frame
+    from simulator import frames as _frames
+
+    msg = {
+        "trade_id": "6a0c1b5e-8f4e-4c1a-9b7e-2d3f4a5b6c7d",
+        "market_ticker": "KXA-1",
+        "yes_price_dollars": "0.4100",
+        "no_price_dollars": "0.5900",
+        "count_fp": "1.00",
+        "ts_ms": 1_767_225_600_000,
+    }
+    plain = parse_frame(_frames.data_frame("trade", 1, 1, _orjson.dumps(msg)))
+    wide = _frames.malformed("six_decimals", "trade", 1, 1, msg)
+    assert b'"0.410000"' in wide
+    assert parse_frame(wide) == plain
+    bad = parse_frame(_frames.malformed("subunit_price", "trade", 1, 1, msg))
+    assert isinstance(bad, DeadLetter)
+    assert SUBUNIT_REASON in bad.reason
