@@ -34,3 +34,9 @@ def rfc3339(ts_s: int) -> str:
 def rfc3339_ms(ts_ms: int) -> str:
     """Unix milliseconds -> ``2022-11-22T20:44:01.123Z`` (the "high precision" ``time``)."""
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(ts_ms // 1000))}.{ts_ms % 1000:03d}Z"
+
+
+def rfc3339_us(ts_us: int) -> str:
+    """Unix microseconds -> ``2022-11-22T20:44:01.123456Z`` (REST trade ``created_time``)."""
+    whole, frac = divmod(ts_us, 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{frac:06d}Z"

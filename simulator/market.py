@@ -44,6 +44,9 @@ class TradeRecord:
 
     num: int
     msg: dict[str, Any]
+    #: REST ``created_time`` in microseconds: inside the ``ts_ms`` millisecond, increasing with
+    #: ``num`` (Kalshi's REST trades carry microseconds, its WS trades milliseconds).
+    created_us: int = 0
 
 
 def _other(side: Side) -> Side:
@@ -331,7 +334,12 @@ class Exchange:
             m.open_interest -= count
         m.updated_ts = now_ms // 1000
         self._trade_num += 1
-        self.trades.append(TradeRecord(self._trade_num, msg))
+        base = now_ms * 1000
+        created = base + int(msg["trade_id"][-2:], 16)  # 0..255 µs into the millisecond
+        last = self.trades[-1].created_us if self.trades else 0
+        if created <= last:
+            created = min(last + 1, base + 999)
+        self.trades.append(TradeRecord(self._trade_num, msg, created))
         out.append((TRADE, m.ticker, msg))
 
     def _trade(self, m: Market, now_ms: int, out: list[Emitted]) -> None:

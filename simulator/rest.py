@@ -21,8 +21,8 @@ from simulator import shapes
 from simulator.catalog import Market
 from simulator.config import SimConfig
 from simulator.faults import RestFaults
-from simulator.fixed import rfc3339_ms
-from simulator.market import Exchange
+from simulator.fixed import rfc3339_us
+from simulator.market import Exchange, TradeRecord
 
 PREFIX = "/trade-api/v2"
 STATUS_FILTERS = ("unopened", "open", "closed", "settled")
@@ -108,8 +108,9 @@ def _page(items: Iterator[tuple[int, Any]], limit: int, kind: str) -> tuple[list
     return out, ""
 
 
-def trade_obj(msg: dict[str, Any]) -> dict[str, Any]:
-    """REST Trade object (§4) from the trade's WebSocket msg."""
+def trade_obj(msg: dict[str, Any], created_us: int) -> dict[str, Any]:
+    """REST Trade object (§4) from the trade's WebSocket msg; ``created_time`` in microseconds
+    (Kalshi's REST trades carry ``"...T15:01:57.667166Z"``, the WS trade ``ts_ms``)."""
     return {
         "trade_id": msg["trade_id"],
         "ticker": msg["market_ticker"],
@@ -119,7 +120,7 @@ def trade_obj(msg: dict[str, Any]) -> dict[str, Any]:
         "taker_side": msg["taker_side"],
         "taker_outcome_side": msg["taker_outcome_side"],
         "taker_book_side": msg["taker_book_side"],
-        "created_time": rfc3339_ms(msg["ts_ms"]),
+        "created_time": rfc3339_us(created_us),
         "is_block_trade": msg["is_block_trade"],
     }
 
@@ -250,7 +251,7 @@ class RestApi:
         min_ms = _int(request, "min_ts", 0, 0, 2**40) * 1000
         max_ms = _int(request, "max_ts", 2**40, 0, 2**40) * 1000 + 999
 
-        def matches() -> Iterator[tuple[int, dict[str, Any]]]:
+        def matches() -> Iterator[tuple[int, TradeRecord]]:
             for rec in reversed(self.ctx.exchange.trades):
                 if rec.num >= before:
                     continue
@@ -259,11 +260,11 @@ class RestApi:
                     continue
                 if not min_ms <= msg["ts_ms"] <= max_ms:
                     continue
-                yield rec.num, msg
+                yield rec.num, rec
 
         # The cursor holds the last trade number returned; the next page takes smaller ones.
         page, cursor = _page(matches(), limit, "t")
-        return _json({"trades": [trade_obj(m) for m in page], "cursor": cursor})
+        return _json({"trades": [trade_obj(r.msg, r.created_us) for r in page], "cursor": cursor})
 
     def _event_status_ok(self, ev_markets: list[str], status: str | None) -> bool:
         if status is None:

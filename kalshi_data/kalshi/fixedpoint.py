@@ -190,6 +190,16 @@ def rfc3339_to_us(s: object) -> int:
     return _check_ts(us, "time")
 
 
+def ms_floor_us(us: int) -> int:
+    """A microsecond time floored to its millisecond (``...57.667166Z`` -> ``...57.667000``).
+
+    REST trades carry ``created_time`` in microseconds, WS trades ``ts_ms`` (issue 11): a trade's
+    stored time is the millisecond both agree on, so its identity ``(trade_id, exchange_ts)`` is
+    one row whichever way it arrived.
+    """
+    return us - us % 1000
+
+
 def ts_to_us(v: object) -> int:
     """A ``ts`` field: int Unix seconds (ticker, trade) or an RFC 3339 string (orderbook_delta)."""
     if isinstance(v, str):

@@ -41,6 +41,7 @@ from kalshi_data.kalshi.fixedpoint import (
     MAX_TS_US,
     MIN_TS_US,
     exchange_ts_us,
+    ms_floor_us,
     parse_count,
     parse_price,
     rfc3339_to_us,
@@ -387,7 +388,8 @@ def _delta_checked(msg: dict[str, Any], sid: int | None, seq: int | None) -> Del
 
 def _trade(msg: dict[str, Any], sid: int | None, seq: int | None, ticker_key: str) -> TradeRec:
     if "ts_ms" not in msg and "ts" not in msg and "created_time" in msg:
-        ts = _rfc3339(msg, "created_time")  # REST trades (§4)
+        # REST trades (§4): microseconds on the wire, floored to the WS trade's millisecond.
+        ts = ms_floor_us(_rfc3339(msg, "created_time"))
     else:
         ts = _req_ts(msg)
     return TradeRec(
@@ -721,7 +723,8 @@ def series_from_rest(obj: Any) -> SeriesRec | DeadLetter:
 
 
 def trade_from_rest(obj: Any) -> TradeRec | DeadLetter:
-    """A ``/markets/trades`` item (time from ``ts_ms`` when present, else ``created_time``)."""
+    """A ``/markets/trades`` item (time from ``ts_ms`` when present, else ``created_time``
+    floored to the millisecond, so the REST and WS copies of a trade share one identity)."""
     out: TradeRec | DeadLetter = _rest(lambda o: _trade(o, None, None, "ticker"), "trade", obj)
     return out
 

@@ -421,3 +421,36 @@ def test_issue11_six_decimal_prices_parse_and_subunit_dead_letters() -> None:
     assert isinstance(bad, DeadLetter)
     assert SUBUNIT_REASON in bad.reason
     assert "price_dollars" in bad.reason
+
+
+def test_issue11_rest_trade_microseconds_share_the_ws_identity() -> None:
+    """REST ``created_time`` carries µs, WS ``ts_ms``: both copies give the same row identity."""
+    from kalshi_data.kalshi.fixedpoint import ms_floor_us
+    from kalshi_data.kalshi.parse import parse_frame
+    from kalshi_data.records import TradeRec
+
+    tid = "6a0c1b5e-8f4e-4c1a-9b7e-2d3f4a5b6c7d"
+    ws = parse_frame(
+        b'{"type":"trade","sid":3,"seq":9,"msg":{"trade_id":"%b","market_ticker":"KXA-1",'
+        b'"yes_price_dollars":"0.4100","no_price_dollars":"0.5900","count_fp":"1.00",'
+        b'"taker_outcome_side":"yes","taker_book_side":"bid","ts":1767225717,'
+        b'"ts_ms":1767225717667}}' % tid.encode()
+    )
+    rest = trade_from_rest(
+        {
+            "trade_id": tid,
+            "ticker": "KXA-1",
+            "yes_price_dollars": "0.4100",
+            "no_price_dollars": "0.5900",
+            "count_fp": "1.00",
+            "taker_outcome_side": "yes",
+            "taker_book_side": "bid",
+            "created_time": "2026-01-01T00:01:57.667166Z",
+            "is_block_trade": False,
+        }
+    )
+    assert isinstance(ws, TradeRec)
+    assert isinstance(rest, TradeRec)
+    assert rest.exchange_ts_us == ws.exchange_ts_us == 1_767_225_717_667_000
+    assert rest.row(0)[:10] == ws.row(0)[:10]
+    assert ms_floor_us(1_767_225_717_667_999) == 1_767_225_717_667_000

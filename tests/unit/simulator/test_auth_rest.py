@@ -74,3 +74,27 @@ def test_cursor_round_trip_and_rejection():
         decode_cursor("m", encode_cursor("e", 5), -1)
     with pytest.raises(BadRequest):
         decode_cursor("m", "%%%", -1)
+
+
+def test_issue11_rest_trade_created_time_has_microseconds() -> None:
+    """The simulator's REST trades carry 6-decimal ``created_time`` inside the WS millisecond."""
+    from kalshi_data.kalshi.fixedpoint import rfc3339_to_us
+    from simulator.fixed import rfc3339_us
+    from simulator.rest import trade_obj
+
+    msg = {
+        "trade_id": "6a0c1b5e-8f4e-4c1a-9b7e-2d3f4a5b6c7d",
+        "market_ticker": "KXA-1",
+        "count_fp": "1.00",
+        "yes_price_dollars": "0.4100",
+        "no_price_dollars": "0.5900",
+        "taker_side": "yes",
+        "taker_outcome_side": "yes",
+        "taker_book_side": "bid",
+        "is_block_trade": False,
+        "ts_ms": 1_767_225_717_667,
+    }
+    obj = trade_obj(msg, 1_767_225_717_667_166)
+    assert obj["created_time"] == "2026-01-01T00:01:57.667166Z"
+    assert rfc3339_to_us(obj["created_time"]) // 1000 == msg["ts_ms"]
+    assert rfc3339_us(5) == "1970-01-01T00:00:00.000005Z"

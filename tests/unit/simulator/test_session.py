@@ -258,5 +258,9 @@ def test_malformed_kinds_are_detectably_broken(kind):
         assert "price_dollars" not in frame["msg"]
     elif kind == "bad_price":
         assert frame["msg"]["price_dollars"] == "1.2500"
+    elif kind == "six_decimals":  # valid: the same price with 6 decimals
+        assert frame["msg"]["price_dollars"] == "0.500000"
+    elif kind == "subunit_price":
+        assert frame["msg"]["price_dollars"] == "0.500050"
     else:
         assert frame["type"] == "mystery_frame"
