@@ -116,6 +116,10 @@ class GathererConfig:
     #: Markets carried, by REST status filter (Kalshi's filter vocabulary). ``unopened`` too, so
     #: a market is subscribed before its activation and its first deltas are not missed.
     market_statuses: tuple[Literal["open", "unopened"], ...] = ("unopened", "open")
+    #: ``use_yes_price`` sent on every ``orderbook_delta`` subscribe (issue 11). True: NO-side
+    #: levels come on the YES scale, Kalshi's announced default (the flag then goes away). The
+    #: gatherer stores NO bids at NO prices (the REST book's convention) whatever it sends.
+    use_yes_price: bool = True
     #: Reconnect backoff (Full Jitter), forever.
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0

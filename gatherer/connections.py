@@ -314,7 +314,9 @@ class Connection:
             await self._send_firehose(channel)
         for action in self.layout.plan():
             if isinstance(action, Subscribe):
-                cmd = self.proto.subscribe([ORDERBOOK], action.markets)
+                cmd = self.proto.subscribe(
+                    [ORDERBOOK], action.markets, use_yes_price=self._cfg.use_yes_price
+                )
                 self._pending[cmd.id] = _Pending("subscribe", action.slot_id, action.markets)
             elif isinstance(action, AddMarkets):
                 cmd = self.proto.add_markets(action.sid, action.markets)

@@ -141,6 +141,9 @@ class DeltaRec:
     delta: int
     sid: int | None = None
     seq: int | None = None
+    #: The NO-side price convention the wire used (``"no"``: NO prices, ``"yes"``:
+    #: ``use_yes_price`` YES scale). ``price`` is always stored in the NO convention.
+    wire_scale: str = "no"
 
     def ts_us(self, received_at_us: int) -> int:
         """The exchange time, or the received time truncated to the second when absent."""
@@ -182,6 +185,9 @@ class SnapshotRec:
     no: tuple[Level, ...]
     sid: int | None = None
     seq: int | None = None
+    #: The NO-side price convention the wire used (see :class:`DeltaRec`); ``no`` levels are
+    #: always stored as NO bids at NO prices, the REST book's convention.
+    wire_scale: str = "no"
 
     @property
     def content_hash(self) -> int:

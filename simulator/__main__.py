@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="pre-generate N events at start and emit those (no lifecycle; 0 = live model)",
     )
+    p.add_argument("--first-seq", type=int, default=1, help="seq of a subscription's first frame")
+    p.add_argument(
+        "--price-mode",
+        choices=("flag", "yes_default"),
+        default="flag",
+        help="use_yes_price honoured (default false), or YES scale always with the flag ignored",
+    )
+    p.add_argument(
+        "--mve-markets", type=int, default=0, help="multivariate (combo) markets besides --markets"
+    )
+    p.add_argument(
+        "--no-orderbook-auth",
+        action="store_true",
+        help="serve the REST order books unsigned (the OpenAPI spec requires auth)",
+    )
     return p
 
 
@@ -94,6 +109,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rest_bucket_tokens=args.rest_burst,
         control_frames_consume_seq=args.control_frames_consume_seq,
         replay=args.replay,
+        first_seq=args.first_seq,
+        price_mode=args.price_mode,
+        mve_markets=args.mve_markets,
+        orderbook_auth=not args.no_orderbook_auth,
     )
 
 

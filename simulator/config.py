@@ -18,6 +18,8 @@ DEFAULT_MAX_MARKETS_PER_SUB = 2500
 #: Frames queued for one connection before its subscriptions die with error 25.
 DEFAULT_MAX_BUFFERED_FRAMES = 200_000
 DEFAULT_TRADES_KEPT = 500_000
+#: ``use_yes_price`` handling: honour the flag (today) or YES scale always (after the flip).
+PRICE_MODES = ("flag", "yes_default")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,16 @@ class SimConfig:
         replay: pre-generate this many events at start and emit them instead of running the
             activity model live (0 = live). Replay mode has no lifecycle steps (a fixed set of
             markets) and costs a few µs per message instead of ~15 (docs/simulator.md).
+        first_seq: the ``seq`` of a subscription's first sequenced frame (Kalshi requires seq
+            but does not promise it starts at 1; a client must take the snapshot as baseline).
+        price_mode: ``flag``: ``use_yes_price`` is honoured, default false (NO-side levels in
+            NO prices, Kalshi today); ``yes_default``: the announced future, YES-scale prices on
+            the NO side always, the flag ignored.
+        mve_markets: multivariate (combo, ``KXMVE...``) markets besides ``markets``; they are
+            listed by ``GET /markets`` unless ``mve_filter=exclude``, left out of ``GET /events``
+            and ``market_lifecycle_v2``, and announced on ``multivariate_market_lifecycle``.
+        orderbook_auth: ``GET /markets/{t}/orderbook`` and ``/markets/orderbooks`` need signed
+            requests (401 otherwise), as the OpenAPI spec marks them.
     """
 
     host: str = DEFAULT_HOST
@@ -72,6 +84,10 @@ class SimConfig:
     duplicate_delta_share: float = 0.01
     trades_kept: int = DEFAULT_TRADES_KEPT
     replay: int = 0
+    first_seq: int = 1
+    price_mode: str = "flag"
+    mve_markets: int = 0
+    orderbook_auth: bool = True
 
     def __post_init__(self) -> None:
         """Reject impossible values, naming the field."""
@@ -91,6 +107,9 @@ class SimConfig:
             (0 <= self.duplicate_delta_share < 1, "duplicate_delta_share"),
             (self.trades_kept >= 1, "trades_kept"),
             (self.replay >= 0, "replay"),
+            (self.first_seq >= 1, "first_seq"),
+            (self.price_mode in PRICE_MODES, "price_mode"),
+            (self.mve_markets >= 0, "mve_markets"),
             ((self.key_id is None) == (self.public_key_pem is None), "key_id/public_key_pem"),
         ]
         for ok, name in checks:

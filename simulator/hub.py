@@ -17,6 +17,7 @@ import orjson
 from simulator.config import SimConfig
 from simulator.frames import SEQUENCED
 from simulator.market import Emitted, Exchange
+from simulator.shapes import yes_scale_delta
 
 if TYPE_CHECKING:
     from simulator.session import Session, Sub
@@ -103,8 +104,14 @@ class Hub:
             if ticker is not None:
                 subs = self._by_ticker[channel].get(ticker)
                 if subs:
+                    yes_body: bytes | None = None  # the use_yes_price form, made once
                     for sub in subs:
-                        sub.deliver(frame_type, body, sequenced)
+                        if sub.yes_scale:
+                            if yes_body is None:
+                                yes_body = yes_scale_delta(body)
+                            sub.deliver(frame_type, yes_body, sequenced)
+                        else:
+                            sub.deliver(frame_type, body, sequenced)
             if self._dirty:  # error 25 killed subscriptions mid-batch
                 self._rebuild()
 

@@ -62,6 +62,8 @@ class Sub:
     faulty: bool = False
     skip_ack: bool = False
     delivered: int = field(default=0)
+    #: ``use_yes_price`` in force (orderbook_delta): NO-side prices on the YES scale.
+    yes_scale: bool = False
 
     def refresh_faulty(self) -> None:
         """Recompute the slow-path flag after a fault was armed or consumed."""
@@ -206,12 +208,20 @@ class Session:
         if tickers is not None and len(tickers) > self.hub.config.max_markets_per_sub:
             raise CommandError(26)
         initial = params.get("send_initial_snapshot") is True
+        flag = params.get("use_yes_price")
+        if flag is not None and not isinstance(flag, bool):
+            raise CommandError(11)
+        # "flag": honoured, default false (today); "yes_default": the announced flip, where
+        # the flag is ignored and NO-side levels always come on the YES scale.
+        yes_scale = self.hub.config.price_mode == "yes_default" or flag is True
         for channel in dict.fromkeys(channels):
             sid = self._next_sid
             self._next_sid += 1
             keep = None if channel == "market_lifecycle_v2" or tickers is None else tickers
             sub = Sub(self, sid, channel, dict.fromkeys(keep) if keep is not None else None)
+            sub.seq = self.hub.config.first_seq - 1  # the first frame carries first_seq
             sub.skip_ack = params.get("skip_ticker_ack") is True
+            sub.yes_scale = yes_scale and channel == "orderbook_delta"
             self.subs[sid] = sub
             self.push(frames.reply("subscribed", cmd_id, msg={"channel": channel, "sid": sid}))
             if channel == "orderbook_delta" and sub.tickers is not None:
@@ -227,7 +237,7 @@ class Session:
             if m is None:
                 continue
             sub.seq += 1
-            msg = orjson.dumps(shapes.snapshot_msg(m))
+            msg = orjson.dumps(shapes.snapshot_msg(m, sub.yes_scale))
             self.push(frames.data_frame("orderbook_snapshot", sub.sid, sub.seq, msg, cmd_id))
 
     def _initial_tickers(self, sub: Sub, tickers: list[str] | None) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from simulator.book import Side
 from simulator.catalog import Event, Market, Series
 from simulator.fixed import DOLLAR, dollars, fp, rfc3339, rfc3339_ms
@@ -33,14 +35,32 @@ def ticker_state(m: Market) -> tuple[int, ...]:
 # --- WebSocket msg objects -------------------------------------------------------------------
 
 
-def snapshot_msg(m: Market) -> Json:
-    """``orderbook_snapshot`` msg; a side's key is omitted when that side is empty (§3.5)."""
+def snapshot_msg(m: Market, yes_scale: bool = False) -> Json:
+    """``orderbook_snapshot`` msg; a side's key is omitted when that side is empty (§3.5).
+
+    ``yes_scale`` (``use_yes_price``): NO-side levels priced on the YES leg (``1 - p``),
+    ascending by that price."""
     msg: Json = {"market_ticker": m.ticker, "market_id": m.market_id}
     if m.book.yes:
         msg["yes_dollars_fp"] = m.book.levels("yes")
     if m.book.no:
-        msg["no_dollars_fp"] = m.book.levels("no")
+        if yes_scale:
+            no = m.book.no
+            msg["no_dollars_fp"] = [[dollars(DOLLAR - p), fp(no[p])] for p in sorted(no)[::-1]]
+        else:
+            msg["no_dollars_fp"] = m.book.levels("no")
     return msg
+
+
+def yes_scale_delta(body: bytes) -> bytes:
+    """An ``orderbook_delta`` msg (JSON bytes) as sent under ``use_yes_price``: a NO-side
+    change priced on the YES leg (``1 - p``); YES-side changes are the same bytes."""
+    if b'"side":"no"' not in body:
+        return body
+    msg = orjson.loads(body)
+    whole, _, frac = str(msg["price_dollars"]).partition(".")
+    msg["price_dollars"] = dollars(DOLLAR - int(whole) * DOLLAR - int(frac.ljust(4, "0")[:4]))
+    return orjson.dumps(msg)
 
 
 def delta_msg(m: Market, side: Side, price: int, delta: int, ts_ms: int) -> Json:

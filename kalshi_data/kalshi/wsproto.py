@@ -10,9 +10,14 @@ State kept:
 - command ids (1, 2, ... per connection; §3.1) and the commands still awaiting a reply;
 - subscriptions: sid -> channel and market tickers (updated by add/delete_markets and by the
   full list an ``ok`` reply carries);
-- per-sid last data ``seq`` (§3.4): ``seq == last + 1`` is in order, ``seq <= last`` is a
-  :class:`Duplicate` (dropped), ``seq > last + 1`` is a :class:`Gap` followed by the frame's
-  :class:`Data` (the caller marks it and what follows suspect until a fresh snapshot).
+- per-sid last data ``seq`` (§3.4). The spec requires ``seq`` but does not promise it starts at
+  1, so the first sequenced data frame of a subscription (the ``orderbook_snapshot`` on an order
+  book) sets the baseline, whatever its number. After it ``seq == last + 1`` is in order,
+  ``seq <= last`` is a :class:`Duplicate` (dropped), ``seq > last + 1`` is a :class:`Gap`
+  followed by the frame's :class:`Data` (the caller marks it and what follows suspect until a
+  fresh snapshot); an order-book delta before any snapshot is a gap too;
+- ``use_yes_price`` per subscription: order-book records that came on the YES scale are turned
+  into the stored NO convention (:func:`to_no_convention`).
 
 Whether ``ok``/``unsubscribed`` replies consume a number of the sid's counter is not specified
 (§3.4): their seq never advances ``last``, but a data seq that skips exactly the numbers such
@@ -22,7 +27,7 @@ replies carried is not a gap.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -35,7 +40,7 @@ from kalshi_data.kalshi.parse import (
     decode_frame,
     parse_data,
 )
-from kalshi_data.records import Record
+from kalshi_data.records import PRICE_SCALE, DeltaRec, Record, SnapshotRec
 
 #: Subscription-scoped errors after which the subscription is dead (§3.2).
 TERMINAL_ERROR_CODES = frozenset({10, 25})
@@ -92,7 +97,11 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """``received`` arrived on ``sid`` where ``expected`` was due: messages were lost."""
+    """``received`` arrived on ``sid`` where ``expected`` was due: messages were lost.
+
+    ``expected`` 0: an order-book delta came before any snapshot of the subscription (the
+    snapshot is the baseline: the first ``seq`` is whatever it carries, not necessarily 1).
+    """
 
     sid: int
     channel: str | None
@@ -171,12 +180,15 @@ Event = (
 
 @dataclass(slots=True)
 class Subscription:
-    """A live subscription: channel, markets (empty = all markets), last data seq (0 = none)."""
+    """A live subscription: channel, markets (empty = all markets), last data seq (0 = none yet:
+    the first sequenced data frame sets the baseline)."""
 
     sid: int
     channel: str
     markets: list[str]
     last_seq: int = 0
+    #: ``use_yes_price`` was sent true: NO-side levels arrive on the YES scale.
+    yes_scale: bool = False
 
 
 @dataclass(slots=True)
@@ -184,6 +196,22 @@ class _Pending:
     cmd: Command
     channels: set[str] = field(default_factory=set)
     markets: list[str] = field(default_factory=list)
+    yes_scale: bool = False
+
+
+def to_no_convention(rec: Record | DeadLetter) -> Record | DeadLetter:
+    """An order-book record that arrived under ``use_yes_price`` (NO-side levels on the YES
+    scale, issue 11) in the stored convention: NO bids at NO prices (``1 - p``), as REST sends
+    them; ``wire_scale`` says it came as ``yes``. Other records pass unchanged."""
+    if type(rec) is DeltaRec:
+        if rec.side == "no":
+            rec.price = PRICE_SCALE - rec.price
+        rec.wire_scale = "yes"
+        return rec
+    if type(rec) is SnapshotRec:
+        no = tuple(sorted((PRICE_SCALE - p, c) for p, c in rec.no))
+        return replace(rec, no=no, wire_scale="yes")
+    return rec
 
 
 def _markets_param(tickers: Sequence[str] | None) -> dict[str, Any]:
@@ -247,8 +275,12 @@ class WsProtocol:
         *,
         send_initial_snapshot: bool = False,
         skip_ticker_ack: bool = False,
+        use_yes_price: bool | None = None,
     ) -> Command:
-        """A ``subscribe`` for ``channels`` (one sid each), optionally limited to markets."""
+        """A ``subscribe`` for ``channels`` (one sid each), optionally limited to markets.
+
+        ``use_yes_price`` (orderbook only) is sent as given when not None; true means NO-side
+        levels come on the YES scale, and :func:`to_no_convention` turns them back."""
         chans = list(channels)
         if not chans:
             raise ValueError("subscribe needs at least one channel")
@@ -257,8 +289,12 @@ class WsProtocol:
             params["send_initial_snapshot"] = True
         if skip_ticker_ack:
             params["skip_ticker_ack"] = True
+        if use_yes_price is not None:
+            params["use_yes_price"] = use_yes_price
         command = self._command("subscribe", params)
-        self._pending[command.id] = _Pending(command, set(chans), list(market_tickers or ()))
+        self._pending[command.id] = _Pending(
+            command, set(chans), list(market_tickers or ()), yes_scale=use_yes_price is True
+        )
         return command
 
     def unsubscribe(self, sids: Iterable[int]) -> Command:
@@ -318,6 +354,13 @@ class WsProtocol:
                 last = sub.last_seq
                 if seq == last + 1 and sid not in self._control_seqs:  # the common case
                     sub.last_seq = seq
+                elif last == 0:  # the first frame: its seq is the baseline, not a gap
+                    sub.last_seq = seq
+                    self._control_seqs.pop(sid, None)
+                    if sub.channel == "orderbook_delta" and frame.type != "orderbook_snapshot":
+                        # A delta before any snapshot: the book it changes is unknown.
+                        gap = Gap(sid, sub.channel, tuple(sub.markets), 0, seq)
+                        return [gap, self._data_event(frame)]
                 elif seq <= last:
                     return [Duplicate(sid, seq)]
                 else:
@@ -334,7 +377,12 @@ class WsProtocol:
     def _data_event(self, frame: Frame) -> Data:
         if frame.id is not None and frame.type == "orderbook_snapshot":
             self._snapshot_answered(frame)
-        return Data(frame.sid, frame.seq, frame.type, parse_data(frame), frame.id)
+        rec = parse_data(frame)
+        if frame.sid is not None:
+            sub = self._subs.get(frame.sid)
+            if sub is not None and sub.yes_scale:
+                rec = to_no_convention(rec)
+        return Data(frame.sid, frame.seq, frame.type, rec, frame.id)
 
     def _snapshot_answered(self, frame: Frame) -> None:
         """A snapshot echoing a ``get_snapshot`` id: tick its ticker off the pending command."""
@@ -386,14 +434,16 @@ class WsProtocol:
         if not isinstance(channel, str) or isinstance(sid, bool) or not isinstance(sid, int):
             return [dead_letter("subscribed: channel or sid missing", frame.raw)]
         markets: list[str] = []
+        yes_scale = False
         pending = self._pending.get(frame.id) if frame.id is not None else None
         if pending is not None:
             if channel in MARKET_CHANNELS:
                 markets = list(pending.markets)
+            yes_scale = pending.yes_scale and channel == "orderbook_delta"
             pending.channels.discard(channel)
             if not pending.channels:
                 del self._pending[pending.cmd.id]
-        self._subs[sid] = Subscription(sid, channel, markets)
+        self._subs[sid] = Subscription(sid, channel, markets, yes_scale=yes_scale)
         self._control_seqs.pop(sid, None)
         return [Subscribed(frame.id, channel, sid)]
 

@@ -130,11 +130,22 @@ def test_gap_detected_and_frame_still_delivered() -> None:
 
 
 def test_missing_first_snapshot_is_a_gap() -> None:
-    """A fresh subscription's first frame must be seq 1; seq 3 reports 1..2 lost."""
+    """A delta before any snapshot is a gap (expected 0: no baseline), whatever its seq."""
     proto = WsProtocol()
     sid = _subscribed(proto, [T1])
     events = proto.feed(_delta(sid, 3))
-    assert events[0] == Gap(sid, "orderbook_delta", (T1,), 1, 3)
+    assert events[0] == Gap(sid, "orderbook_delta", (T1,), 0, 3)
+    assert [type(e) for e in proto.feed(_delta(sid, 4))] == [Data]
+
+
+def test_issue11_first_seq_is_the_snapshot_baseline() -> None:
+    """The spec does not promise seq starts at 1: a first snapshot at seq 41 is no gap."""
+    proto = WsProtocol()
+    sid = _subscribed(proto, [T1])
+    events = proto.feed(_snapshot(sid, 41)) + proto.feed(_delta(sid, 42))
+    assert [type(e) for e in events] == [Data, Data]
+    events = proto.feed(_delta(sid, 45))
+    assert events[0] == Gap(sid, "orderbook_delta", (T1,), 43, 45)
 
 
 def test_duplicates_dropped() -> None:
@@ -331,3 +342,42 @@ def test_any_frame_sequence_never_raises(frames: list[str | bytes]) -> None:
         seen.extend(proto.feed(f))
     for sid, sub in proto.subscriptions.items():
         assert sub.sid == sid
+
+
+def test_issue11_use_yes_price_frames_stored_in_the_no_convention() -> None:
+    """With ``use_yes_price`` sent, NO-side levels arrive on the YES scale: stored as NO prices,
+    and the record says which convention the wire used."""
+    proto = WsProtocol()
+    cmd = proto.subscribe(["orderbook_delta"], [T1], use_yes_price=True)
+    assert orjson.loads(cmd.text)["params"]["use_yes_price"] is True
+    proto.feed(_frame(id=cmd.id, type="subscribed", msg={"channel": "orderbook_delta", "sid": 9}))
+    snap_msg = {
+        "market_ticker": T1,
+        "yes_dollars_fp": [["0.3000", "2.00"]],
+        "no_dollars_fp": [["0.6000", "5.00"], ["0.8000", "1.00"]],  # NO bids 0.40 and 0.20
+    }
+    snap = proto.feed(_frame(type="orderbook_snapshot", sid=9, seq=1, msg=snap_msg))[0]
+    no_delta = {
+        "market_ticker": T1,
+        "price_dollars": "0.6000",
+        "delta_fp": "-5.00",
+        "side": "no",
+        "ts_ms": 1669149841000,
+    }
+    d = proto.feed(_frame(type="orderbook_delta", sid=9, seq=2, msg=no_delta))
+    assert isinstance(snap, Data)
+    assert isinstance(snap.record, SnapshotRec)
+    assert snap.record.no == ((2000, 100), (4000, 500))
+    assert snap.record.yes == ((3000, 200),)
+    assert snap.record.wire_scale == "yes"
+    rec = d[-1]
+    assert isinstance(rec, Data)
+    assert isinstance(rec.record, DeltaRec)
+    assert (rec.record.side, rec.record.price, rec.record.wire_scale) == ("no", 4000, "yes")
+    plain = WsProtocol()
+    sid = _subscribed(plain, [T1])
+    assert "use_yes_price" not in orjson.loads(plain.subscribe(["trade"]).text)["params"]
+    out = plain.feed(_frame(type="orderbook_delta", sid=sid, seq=1, msg=no_delta))[-1]
+    assert isinstance(out, Data)
+    assert isinstance(out.record, DeltaRec)
+    assert (out.record.price, out.record.wire_scale) == (6000, "no")

@@ -264,3 +264,52 @@ def test_malformed_kinds_are_detectably_broken(kind):
         assert frame["msg"]["price_dollars"] == "0.500050"
     else:
         assert frame["type"] == "mystery_frame"
+
+
+def test_issue11_subscriptions_start_at_first_seq() -> None:
+    """``first_seq`` sets the seq of a subscription's first frame (the snapshot)."""
+    hub, s = make(first_seq=1000)
+    tickers = active(hub, 2)
+    out = send(
+        s,
+        {
+            "id": 1,
+            "cmd": "subscribe",
+            "params": {"channels": ["orderbook_delta"], "market_tickers": tickers},
+        },
+    )
+    snaps = [f for f in out if f["type"] == "orderbook_snapshot"]
+    assert [f["seq"] for f in snaps] == [1000, 1001]
+
+
+@pytest.mark.parametrize(
+    ("mode", "flag", "yes_scale"),
+    [
+        ("flag", None, False),
+        ("flag", False, False),
+        ("flag", True, True),
+        ("yes_default", None, True),
+        ("yes_default", False, True),  # the flag is ignored after the flip
+    ],
+)
+def test_issue11_use_yes_price_modes(mode: str, flag: bool | None, yes_scale: bool) -> None:
+    """The flag is honoured (default false) in ``flag`` mode and ignored in ``yes_default``."""
+    from simulator import shapes
+
+    hub, s = make(price_mode=mode)
+    m = next(m for m in hub.exchange.market_list if m.status == "active" and m.book.no)
+    params: dict[str, object] = {"channels": ["orderbook_delta"], "market_tickers": [m.ticker]}
+    if flag is not None:
+        params["use_yes_price"] = flag
+    out = send(s, {"id": 1, "cmd": "subscribe", "params": params})
+    snap = next(f for f in out if f["type"] == "orderbook_snapshot")["msg"]
+    best_no = max(m.book.no)
+    wire = {row[0] for row in snap["no_dollars_fp"]}
+    want = f"0.{10_000 - best_no:04d}" if yes_scale else f"0.{best_no:04d}"
+    assert want in wire
+    sub = next(iter(s.subs.values()))
+    assert sub.yes_scale is yes_scale
+    body = orjson.dumps(shapes.delta_msg(m, "no", best_no, 100, 1_700_000_000_000))
+    hub.publish_serialised([("orderbook_delta", m.ticker, body)])
+    delta = drain(s)[-1]["msg"]
+    assert delta["price_dollars"] == want

@@ -1,0 +1,107 @@
+"""Issue 11 end to end: the gatherer against simulator modes that model published behaviour.
+
+Each run compares the gatherer's database with the simulator's ground truth row for row, and
+the order books it rebuilt with the REST book.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.rest import orderbook_fp
+from simulator.server import Simulator
+from tests.integration.gatherer_support import (
+    assert_truth,
+    config_data,
+    gatherer,
+    gatherer_db,
+    query,
+    quiesce,
+    simulator,
+    subscribed,
+    wait_for,
+)
+
+
+def _levels(prices: list[int], counts: list[int]) -> dict[int, int]:
+    return dict(zip(prices, counts, strict=True))
+
+
+def books_from_db(dsn: str) -> dict[str, tuple[dict[int, int], dict[int, int]]]:
+    """Each market's book: its last WebSocket snapshot plus the deltas received after it."""
+    books: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
+    marks: dict[str, tuple[Any, int]] = {}
+    for ticker, yp, yc, np_, nc, received, seq in query(
+        dsn,
+        "SELECT ticker, yes_prices, yes_counts, no_prices, no_counts, received_at, seq"
+        " FROM orderbook_snapshots WHERE source = 'ws' ORDER BY received_at, seq",
+    ):
+        books[ticker] = (_levels(yp, yc), _levels(np_, nc))
+        marks[ticker] = (received, seq)
+    for ticker, side, price, delta, received, seq in query(
+        dsn,
+        "SELECT ticker, side, price, delta, received_at, seq FROM orderbook_deltas"
+        " ORDER BY received_at, seq",
+    ):
+        if ticker not in books or (received, seq) <= marks[ticker]:
+            continue
+        levels = books[ticker][0 if side == "yes" else 1]
+        size = levels.get(price, 0) + delta
+        if size:
+            levels[price] = size
+        else:
+            levels.pop(price, None)
+    return books
+
+
+def rest_book(sim: Simulator, ticker: str) -> tuple[dict[int, int], dict[int, int]]:
+    """The REST ``orderbook_fp`` of ``ticker`` as integer levels (NO bids at NO prices)."""
+    fp = orderbook_fp(sim.exchange.markets[ticker])
+
+    def side(rows: list[list[str]]) -> dict[int, int]:
+        out = {}
+        for p, c in rows:
+            w, _, f = p.partition(".")
+            cw, _, cf = c.partition(".")
+            out[int(w) * 10_000 + int(f.ljust(4, "0"))] = int(cw) * 100 + int(cf.ljust(2, "0"))
+        return out
+
+    return side(fp["yes_dollars"]), side(fp["no_dollars"])
+
+
+@pytest.mark.parametrize(
+    ("sim_over", "gatherer_over"),
+    [
+        # Today: the flag honoured; the gatherer sends false, NO prices on the wire; seq from 1000.
+        ({"price_mode": "flag", "first_seq": 1000}, {"use_yes_price": False}),
+        # After the announced flip: YES scale always, the flag ignored.
+        ({"price_mode": "yes_default"}, {"use_yes_price": True}),
+    ],
+    ids=["no-scale-first-seq-1000", "yes-default"],
+)
+async def test_issue11_conventions_capture_equal_truth_and_rest_book(
+    fresh_db: str, tmp_path: Path, sim_over: dict[str, Any], gatherer_over: dict[str, Any]
+) -> None:
+    """Both NO-side conventions give the same stored rows (the truth's) and the REST book."""
+    dsn = gatherer_db(fresh_db)
+    async with (
+        simulator(tmp_path, rate=800.0, lifecycle_share=0.005, **sim_over) as sim,
+        gatherer(config_data(sim, dsn, tmp_path, **gatherer_over)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+        sim.resume()
+        await wait_for(lambda: sim.truth_lines >= 3000, 30, "3000 events")
+        await quiesce(sim, svc)
+        books = books_from_db(dsn)
+        assert svc.registry is not None
+        carried = [t for t in books if t in svc.registry.markets]
+        assert len(carried) >= 30, "too few order books captured"
+        for ticker in carried:
+            assert books[ticker] == rest_book(sim, ticker), ticker
+        assert await run.finish() == 0
+    assert_truth(dsn, tmp_path / "truth.jsonl")
+    assert query(dsn, "SELECT count(*) FROM dead_letters")[0][0] == 0
