@@ -1,6 +1,8 @@
 """REST market-data endpoints under ``/trade-api/v2`` (kalshi-protocol.md §4, §5).
 
-No authentication (market-data GETs need none). A token bucket per client (its
+Authentication where the OpenAPI spec (3.13) marks it: ``GET /markets/{ticker}/orderbook`` and
+``GET /markets/orderbooks`` need the three signed KALSHI-ACCESS headers (401 otherwise, unless
+``orderbook_auth`` is off); the other market-data GETs need none. A token bucket per client (its
 KALSHI-ACCESS-KEY header when present, else its address) answers ``429 {"error": "too many
 requests"}`` without Retry-After. Admin-armed bursts of 429/5xx come first.
 """
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +21,7 @@ from aiohttp import web
 
 from kalshi_data.resilience import TokenBucket
 from simulator import shapes
+from simulator.auth import AuthError, PublicKey, verify
 from simulator.catalog import Market
 from simulator.config import SimConfig
 from simulator.faults import RestFaults
@@ -26,6 +30,9 @@ from simulator.market import Exchange, TradeRecord
 
 PREFIX = "/trade-api/v2"
 STATUS_FILTERS = ("unopened", "open", "closed", "settled")
+#: Paths the OpenAPI spec marks as authenticated (``security: kalshiAccess*``).
+AUTH_PATHS = (f"{PREFIX}/markets/orderbooks",)
+AUTH_SUFFIX = "/orderbook"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -40,6 +47,9 @@ class RestContext:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     requests: int = 0
     limited: int = 0
+    #: Accepted API keys (set by the server) for the endpoints that need a signature.
+    keys: Mapping[str, PublicKey] = field(default_factory=dict)
+    unauthorized: int = 0
 
 
 class BadRequest(Exception):
@@ -159,6 +169,27 @@ class RestApi:
             return await handler(request)
         ctx = self.ctx
         ctx.requests += 1
+        if ctx.config.orderbook_auth and (
+            request.path in AUTH_PATHS
+            or (
+                request.path.startswith(f"{PREFIX}/markets/") and request.path.endswith(AUTH_SUFFIX)
+            )
+        ):
+            try:
+                verify(
+                    request.headers,
+                    request.method,
+                    request.path,
+                    ctx.keys,
+                    time.time_ns() // 1_000_000,
+                    int(ctx.config.auth_skew_s * 1000),
+                )
+            except AuthError as exc:
+                ctx.unauthorized += 1
+                return _json(
+                    {"error": {"code": "unauthorized", "message": exc.reason, "service": "auth"}},
+                    401,
+                )
         forced = ctx.faults.next_status()
         if forced == 429:
             return _json({"error": "too many requests"}, 429)

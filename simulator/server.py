@@ -123,6 +123,7 @@ class Simulator:
             self.truth = TruthLog(cfg.truth_path)
             self.hub.truth = self.truth
         self.ws = WsServer(self.hub, keys)
+        self.rest.keys = keys
         api = RestApi(self.rest)
         app = web.Application(middlewares=[api.middleware])
         app.add_routes([self.ws.route(), *api.routes()])

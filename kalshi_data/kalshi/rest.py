@@ -169,7 +169,7 @@ class KalshiRest:
 
     Args:
         base_url: e.g. :data:`DEFAULT_BASE_URL` or a simulator's ``rest_url``.
-        signer: signs every request when given (market data needs no auth, §2).
+        signer: signs every request when given (the order-book endpoints need it: OpenAPI 3.13).
         bucket: the token bucket shared by every REST caller of this process.
         policy: retry policy for 429 / 5xx / network errors.
         breaker: optional circuit breaker for the Kalshi REST dependency.

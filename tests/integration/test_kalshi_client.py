@@ -156,7 +156,7 @@ async def test_ws_book_rebuild_matches_rest(sim: Simulator) -> None:
         counts["seen"] = 0
         await ws.send_str(proto.list_subscriptions().text)
         await _until(ws, proto, barrier)
-        async with KalshiRest(sim.rest_url, policy=FAST) as rest:
+        async with KalshiRest(sim.rest_url, policy=FAST, signer=_signer(sim)) as rest:
             rest_books = await rest.get_orderbooks(tickers)
         assert len(rest_books) == len(tickers)
         for snap in rest_books:
@@ -276,3 +276,17 @@ async def test_ws_and_rest_trades_agree(sim: Simulator) -> None:
             ]
             assert match == [dataclasses.replace(trade, sid=None, seq=None)]
             assert match[0].row(0)[:10] == trade.row(0)[:10]  # identity and data columns
+
+
+async def test_issue11_orderbook_rest_needs_the_signature(sim: Simulator) -> None:
+    """OpenAPI 3.13 marks the order-book endpoints authenticated: signed works, unsigned is 401."""
+    from kalshi_data.kalshi.rest import AuthError
+
+    ticker = next(m.ticker for m in sim.exchange.market_list if m.book.yes)
+    async with KalshiRest(sim.rest_url, policy=FAST, signer=_signer(sim)) as rest:
+        snap = await rest.get_orderbook(ticker)
+        assert isinstance(snap, SnapshotRec)
+        assert snap.yes
+    async with KalshiRest(sim.rest_url, policy=FAST) as rest:
+        with pytest.raises(AuthError):
+            await rest.get_orderbook(ticker)

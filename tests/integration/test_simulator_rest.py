@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from simulator import SimConfig, Simulator
+from simulator.auth import sign_headers
 from simulator.catalog import STATUS_FILTER
 
 
@@ -41,8 +42,21 @@ async def wait_for(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def get(http: aiohttp.ClientSession, url: str, status: int = 200) -> Any:
-    async with http.get(url) as r:
+async def get(
+    http: aiohttp.ClientSession,
+    url: str,
+    status: int = 200,
+    sim: Simulator | None = None,
+) -> Any:
+    """GET ``url``; signed with the simulator's key when ``sim`` is given."""
+    headers: dict[str, str] = {}
+    if sim is not None:
+        assert sim.private_key_path is not None
+        path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+        headers = sign_headers(
+            sim.private_key_path.read_bytes(), sim.key_id, "GET", path, time.time_ns() // 10**6
+        )
+    async with http.get(url, headers=headers) as r:
         assert r.status == status, await r.text()
         return await r.json()
 
@@ -114,11 +128,16 @@ async def test_orderbook_levels_ascending_with_depth(sim: Simulator):
     sim.pause()
     m = max(sim.exchange.market_list, key=lambda x: len(x.book.yes))
     async with aiohttp.ClientSession() as http:
-        full = (await get(http, f"{sim.rest_url}/markets/{m.ticker}/orderbook"))["orderbook_fp"]
-        top = (await get(http, f"{sim.rest_url}/markets/{m.ticker}/orderbook?depth=2"))[
-            "orderbook_fp"
-        ]
-        many = await get(http, f"{sim.rest_url}/markets/orderbooks?tickers={m.ticker},NOPE")
+        book_url = f"{sim.rest_url}/markets/{m.ticker}/orderbook"
+        full = (await get(http, book_url, sim=sim))["orderbook_fp"]
+        top = (await get(http, f"{book_url}?depth=2", sim=sim))["orderbook_fp"]
+        many_url = f"{sim.rest_url}/markets/orderbooks?tickers={m.ticker},NOPE"
+        many = await get(http, many_url, sim=sim)
+        # Issue 11: the OpenAPI spec marks both order-book endpoints as authenticated.
+        unsigned = await get(http, book_url, 401)
+        assert unsigned["error"]["code"] == "unauthorized"
+        await get(http, many_url, 401)
+        await get(http, f"{sim.rest_url}/markets/{m.ticker}", 200)  # no auth needed there
     prices = [float(p) for p, _ in full["yes_dollars"]]
     assert prices == sorted(prices)
     assert len(prices) == len(m.book.yes) >= 2
