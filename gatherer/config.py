@@ -114,8 +114,14 @@ class GathererConfig:
     #: Full REST reconcile of markets/events/series.
     reconcile_interval_s: float = 300.0
     #: Markets carried, by REST status filter (Kalshi's filter vocabulary). ``unopened`` too, so
-    #: a market is subscribed before its activation and its first deltas are not missed.
-    market_statuses: tuple[Literal["open", "unopened"], ...] = ("unopened", "open")
+    #: a market is subscribed before its activation and its first deltas are not missed;
+    #: ``paused`` (OpenAPI ``MarketStatusQuery``) so a paused market keeps its subscription and
+    #: its resting book, and its unpause is no late subscription.
+    market_statuses: tuple[Literal["open", "unopened", "paused"], ...] = (
+        "unopened",
+        "open",
+        "paused",
+    )
     #: ``use_yes_price`` sent on every ``orderbook_delta`` subscribe (issue 11). True: NO-side
     #: levels come on the YES scale, Kalshi's announced default (the flag then goes away). The
     #: gatherer stores NO bids at NO prices (the REST book's convention) whatever it sends.

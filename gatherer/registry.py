@@ -38,6 +38,12 @@ CLOSING = frozenset({"determined", "settled"})
 REFETCH = frozenset(
     {"close_date_updated", "metadata_updated", "price_level_structure_updated", "deactivated"}
 )
+def _unpaused(rec: LifecycleRec) -> bool:
+    """An ``activated`` that ends a pause (``is_deactivated`` false, §3.10): the market existed
+    with a resting book all along, so a non-empty first snapshot is no late subscription."""
+    return rec.event_type == "activated" and '"is_deactivated":false' in rec.payload
+
+
 #: Tickers per ``GET /markets?tickers=`` refetch.
 REFETCH_BATCH = 100
 
@@ -197,7 +203,7 @@ class Registry:
         """A lifecycle message: open/close markets at once, refetch metadata in the background."""
         if rec.kind == "market":
             if rec.event_type in OPENING:
-                if rec.ticker not in self.markets:
+                if rec.ticker not in self.markets and not _unpaused(rec):
                     # New to us: its first snapshot must be empty, or deltas flowed before our
                     # subscription existed (a gap, DESIGN §3).
                     self._ingest.expect_empty_book(rec.ticker)

@@ -20,7 +20,7 @@ MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", 
 #: Response status enum (§4) -> the ``status`` filter vocabulary of ``GET /markets``.
 STATUS_FILTER: dict[str, str] = {
     "initialized": "unopened",
-    "inactive": "open",
+    "inactive": "paused",  # deactivated: trading paused (OpenAPI MarketStatusQuery)
     "active": "open",
     "closed": "closed",
     "determined": "closed",

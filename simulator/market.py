@@ -170,7 +170,8 @@ class Exchange:
                 r = rng.random()
                 if r < 0.85:
                     m.open_ts = m.created_ts
-                    self._set_status(m, "active")
+                    # 3 in 85 open markets start paused (``inactive``), resting orders kept.
+                    self._set_status(m, "active" if r < 0.82 else "inactive")
                     self._seed_book(m)
                 elif r < 0.90:
                     pass  # stays initialized (unopened)

@@ -29,7 +29,8 @@ from simulator.fixed import rfc3339_us
 from simulator.market import Exchange, TradeRecord
 
 PREFIX = "/trade-api/v2"
-STATUS_FILTERS = ("unopened", "open", "closed", "settled")
+#: ``GET /markets?status=`` values (OpenAPI 3.13 ``MarketStatusQuery``: ``paused`` included).
+STATUS_FILTERS = ("unopened", "open", "paused", "closed", "settled")
 #: Paths the OpenAPI spec marks as authenticated (``security: kalshiAccess*``).
 AUTH_PATHS = (f"{PREFIX}/markets/orderbooks",)
 AUTH_SUFFIX = "/orderbook"
@@ -217,7 +218,7 @@ class RestApi:
     def _market_filter(self, request: web.Request) -> Callable[[Market], bool]:
         status = request.query.get("status") or None
         if status is not None and status not in STATUS_FILTERS:
-            raise BadRequest("status must be one of unopened, open, closed, settled")
+            raise BadRequest(f"status must be one of {', '.join(STATUS_FILTERS)}")
         event = request.query.get("event_ticker") or None
         series = request.query.get("series_ticker") or None
         events = self.ctx.exchange.events

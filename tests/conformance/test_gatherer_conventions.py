@@ -105,3 +105,17 @@ async def test_issue11_conventions_capture_equal_truth_and_rest_book(
         assert await run.finish() == 0
     assert_truth(dsn, tmp_path / "truth.jsonl")
     assert query(dsn, "SELECT count(*) FROM dead_letters")[0][0] == 0
+    # Paused markets (carried by default) keep their books: an unpause is no late subscription.
+    late = {
+        t
+        for (ms,) in query(dsn, "SELECT markets FROM gaps WHERE how = 'late_subscribe'")
+        for t in ms
+    }
+    created = {
+        t for (t,) in query(dsn, "SELECT ticker FROM lifecycle_events WHERE event_type = 'created'")
+    }
+    assert late <= created, late - created
+    paused_listed = query(
+        dsn, "SELECT count(DISTINCT ticker) FROM markets WHERE status = 'inactive'"
+    )
+    assert paused_listed[0][0] > 0, "the simulator should have paused markets"

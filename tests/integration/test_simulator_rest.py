@@ -84,10 +84,12 @@ async def test_market_filters_and_limits(sim: Simulator):
     """status/event/series/tickers filters hold; limit above 1000 is a 400."""
     ex = sim.exchange
     async with aiohttp.ClientSession() as http:
-        for status in ("unopened", "open", "closed", "settled"):
+        for status in ("unopened", "open", "paused", "closed", "settled"):
             page = await get(http, f"{sim.rest_url}/markets?status={status}&limit=1000")
-            assert page["markets"]
+            assert page["markets"], status
             assert all(STATUS_FILTER[m["status"]] == status for m in page["markets"])
+        paused = await get(http, f"{sim.rest_url}/markets?status=paused&limit=1000")
+        assert {m["status"] for m in paused["markets"]} == {"inactive"}  # issue 11
         await get(http, f"{sim.rest_url}/markets?limit=1001", 400)
         await get(http, f"{sim.rest_url}/markets?status=running", 400)
         await get(http, f"{sim.rest_url}/markets?cursor=zzz", 400)

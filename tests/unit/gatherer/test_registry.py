@@ -134,3 +134,38 @@ async def test_lifecycle_opens_and_closes_at_once():
     assert sink.closed == ["NEW"]
     assert reg.markets == {}
     await ex.close()
+
+
+async def test_issue11_unpaused_market_is_no_late_subscription() -> None:
+    """``activated`` with ``is_deactivated`` false ends a pause: the resting book it shows in
+    its first snapshot is no ``late_subscribe`` gap; an activation without it still is checked."""
+    from kalshi_data.records import SnapshotRec
+
+    ex, sink = FakeExchange(), Sink()
+    reg = make(ex, sink)
+    unpause = orjson.dumps(
+        {"market_ticker": "P", "event_type": "activated", "is_deactivated": False},
+        option=orjson.OPT_SORT_KEYS,
+    ).decode()
+    reg.on_lifecycle(LifecycleRec("market", "P", "activated", unpause))
+    reg.on_lifecycle(LifecycleRec("market", "Q", "activated", '{"event_type":"activated"}'))
+    assert sorted(sink.opened) == ["P", "Q"]
+    ingest = reg._ingest
+    book = ((4000, 100),)
+    ingest.record(SnapshotRec("P", None, "ws", book, ()), "orderbook_snapshot", 1)
+    ingest.record(SnapshotRec("Q", None, "ws", book, ()), "orderbook_snapshot", 1)
+    gaps = [row for t, row in sink.rows if t == "gaps" and row[1] == "open"]
+    assert [row[4] for row in gaps] == [["Q"]]
+    assert ingest.gaps_opened == 1
+    await ex.close()
+
+
+def test_issue11_paused_is_a_default_status() -> None:
+    """``paused`` is a ``GET /markets`` status filter value and carried by default."""
+    from gatherer.config import GathererConfig
+
+    assert GathererConfig.__dataclass_fields__["market_statuses"].default == (
+        "unopened",
+        "open",
+        "paused",
+    )
