@@ -61,6 +61,9 @@ ORDERBOOK = "orderbook_delta"
 FIREHOSE: tuple[str, ...] = ("trade", "ticker", "market_lifecycle_v2")
 #: Error 26: subscription market limit exceeded (kalshi-protocol.md §3.2).
 MARKET_LIMIT = 26
+#: Errors after which the same command is sent again after a pause, nothing else changed
+#: (issue 11): 18 command timeout, 27 per-subscription command rate limit.
+RETRY_CODES = frozenset({18, 27})
 
 #: A close code after which the server's close is not worth a warning (normal, going away).
 _CLEAN_CLOSE = frozenset({1000, 1001})
@@ -108,6 +111,8 @@ class Connection:
         self._firehose_sids: dict[int, str] = {}
         self._firehose_gaps: dict[str, OpenGap] = {}
         self._firehose_retry: set[str] = set()
+        #: Commands refused with a RETRY_CODES error, sent again by the control loop.
+        self._cmd_retry: list[_Pending] = []
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pong = asyncio.Event()
         self._kick = asyncio.Event()
@@ -179,6 +184,7 @@ class Connection:
         self._pending.clear()
         self._firehose_sids.clear()
         self._firehose_retry.clear()
+        self._cmd_retry.clear()
         self.up = True
         self.connects += 1
         if self._connected_once:
@@ -312,6 +318,9 @@ class Connection:
         for channel in sorted(self._firehose_retry):
             self._firehose_retry.discard(channel)
             await self._send_firehose(channel)
+        retry, self._cmd_retry = self._cmd_retry, []
+        for p in retry:
+            await self._resend(p)
         for action in self.layout.plan():
             if isinstance(action, Subscribe):
                 cmd = self.proto.subscribe(
@@ -326,6 +335,24 @@ class Connection:
                 cmd = self.proto.delete_markets(action.sid, action.markets)
                 self._pending[cmd.id] = _Pending("delete", action.slot_id, action.markets)
             await self._send(cmd.text)
+
+    async def _resend(self, p: _Pending) -> None:
+        """Send again a delete, get_snapshot or unsubscribe refused with 18/27."""
+        slot = self.layout.slot(p.slot_id) if p.slot_id is not None else None
+        if slot is None or slot.sid is None:
+            return  # the slot is gone (reconnect, terminal error): nothing left to do
+        if p.kind == "delete":
+            cmd = self.proto.delete_markets(slot.sid, p.markets)
+        elif p.kind == "snapshot":
+            wanted = tuple(m for m in p.markets if m in slot.markets)
+            if not wanted:
+                return
+            cmd = self.proto.get_snapshot(slot.sid, wanted)
+            p = _Pending("snapshot", p.slot_id, wanted, gap=p.gap)
+        else:
+            cmd = self.proto.unsubscribe([slot.sid])
+        self._pending[cmd.id] = p
+        await self._send(cmd.text)
 
     async def _send(self, text: str) -> None:
         ws = self._ws
@@ -461,6 +488,13 @@ class Connection:
             event.msg,
         )
         if p is None:
+            return
+        if event.code in RETRY_CODES and p.kind in {"delete", "snapshot", "unsubscribe"}:
+            # A timeout or the per-subscription command rate: the same command again after a
+            # pause. The subscription is unchanged meanwhile, so nothing is lost (a pending
+            # snapshot's markets stay suspect until it arrives).
+            self._cmd_retry.append(p)
+            asyncio.get_running_loop().call_later(self._cfg.backoff_base_s, self._kick.set)
             return
         if p.kind == "firehose" and p.channel is not None:
             # Retried by the control loop after a pause (never sleep in the reader).

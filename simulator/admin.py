@@ -69,6 +69,7 @@ class AdminApi:
             "duplicate": self.duplicate,
             "malformed": self.malformed,
             "sub_error": self.sub_error,
+            "command_error": self.command_error,
             "pings": self.pings,
             "slow": self.slow,
             "rest_faults": self.rest_faults,
@@ -185,6 +186,20 @@ class AdminApi:
             raise AdminError(400, "code must be 10 or 25")
         sub = self._sub(body)
         sub.session.end_sub(sub.sid, code)
+        return _ok()
+
+    async def command_error(self, request: web.Request) -> web.Response:
+        """Refuse the next ``n`` commands of ``conn`` with ``code`` 18 (command timeout) or 27
+        (per-subscription command rate limit); nothing changes on the exchange side."""
+        body = await _body(request)
+        code = _int(body, "code", 27)
+        if code not in (18, 27):
+            raise AdminError(400, "code must be 18 or 27")
+        n = _int(body, "n", 1)
+        if n < 1:
+            raise AdminError(400, "n must be >= 1")
+        session = self._session(body)
+        session.refuse.extend([code] * n)
         return _ok()
 
     async def pings(self, request: web.Request) -> web.Response:

@@ -33,8 +33,10 @@ ERRORS: dict[int, str] = {
     13: "Unsupported action",
     14: "Market Ticker required",
     15: "Action required",
+    18: "Command timeout",
     25: "Subscription buffer overflow",
     26: "Subscription market limit exceeded",
+    27: "Too many requests",
 }
 
 MALFORMED_KINDS = (
@@ -77,11 +79,16 @@ def reply(frame_type: str, cmd_id: int, **fields: Any) -> bytes:
     return orjson.dumps(obj)
 
 
-def error(code: int, cmd_id: int = 0, sid: int | None = None, **extra: Any) -> bytes:
-    """``{"id":..,"type":"error","msg":{"code":c,"msg":text}}`` (§3.2)."""
+def error(
+    code: int, cmd_id: int = 0, sid: int | None = None, seq: int | None = None, **extra: Any
+) -> bytes:
+    """``{"id":..,"type":"error","msg":{"code":c,"msg":text}}`` (§3.2); subscription-scoped
+    errors carry ``sid`` and may carry ``seq`` (AsyncAPI ``errorResponsePayload``)."""
     obj: dict[str, Any] = {"id": cmd_id} if cmd_id else {}
     if sid is not None:
         obj["sid"] = sid
+    if seq is not None:
+        obj["seq"] = seq
     obj["type"] = "error"
     obj["msg"] = {"code": code, "msg": ERRORS.get(code, "Error"), **extra}
     return orjson.dumps(obj)

@@ -119,6 +119,9 @@ class Session:
         self.pings_enabled = True
         self.send_delay_s = 0.0
         self.overflowed = 0
+        #: Error codes (18 timeout, 27 rate limit) the next commands are refused with (admin).
+        self.refuse: deque[int] = deque()
+        self.refused = 0
         self._next_sid = 1
 
     # --- output ------------------------------------------------------------------------------
@@ -173,10 +176,29 @@ class Session:
         if handler is None:
             self.push(frames.error(5, cmd_id))
             return
+        if self.refuse and cmd.get("cmd") != "list_subscriptions":
+            self._refuse(cmd_id, cmd.get("params"))
+            return
         try:
             handler(cmd_id, cmd.get("params"))
         except CommandError as exc:
             self.push(frames.error(exc.code, cmd_id, exc.sid))
+
+    def _refuse(self, cmd_id: int, params: Any) -> None:
+        """Refuse one command with the next armed code (18 or 27), changing nothing. When it
+        names one live subscription the error is subscription-scoped: ``sid`` and a ``seq``."""
+        code = self.refuse.popleft()
+        self.refused += 1
+        sid = None
+        if isinstance(params, dict):
+            raw = params.get("sid")
+            sids = params.get("sids")
+            if raw is None and isinstance(sids, list) and len(sids) == 1:
+                raw = sids[0]
+            if isinstance(raw, int) and raw in self.subs:
+                sid = raw
+        seq = self._control_seq(self.subs[sid]) if sid is not None else None
+        self.push(frames.error(code, cmd_id, sid, seq))
 
     def _tickers(self, params: dict[str, Any]) -> list[str] | None:
         one, many = params.get("market_ticker"), params.get("market_tickers")

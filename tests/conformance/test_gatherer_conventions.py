@@ -119,3 +119,47 @@ async def test_issue11_conventions_capture_equal_truth_and_rest_book(
         dsn, "SELECT count(DISTINCT ticker) FROM markets WHERE status = 'inactive'"
     )
     assert paused_listed[0][0] > 0, "the simulator should have paused markets"
+
+
+async def test_issue11_errors_18_and_27_are_retried_without_loss(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    """get_snapshot refused with 27 (rate) then 18 (timeout), each carrying sid and seq: sent
+    again, the gap recovers by snapshot (no resubscribe), only the skipped frames are missing."""
+    from kalshi_data.truth import compare
+    from tests.integration.test_gatherer_faults import admin, markets_of_sid, orderbook_sid
+
+    dsn = gatherer_db(fresh_db)
+    async with (
+        simulator(tmp_path, rate=800.0, markets=20, lifecycle_share=0.0) as sim,
+        gatherer(config_data(sim, dsn, tmp_path)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+        conn_id, sid, _ = await orderbook_sid(sim)
+        sid_markets = markets_of_sid(svc, sid)
+        sim.resume()
+        await wait_for(lambda: sim.truth_lines >= 500, 30, "traffic")
+        await admin(sim, "POST", "command_error", {"conn": conn_id, "code": 27})
+        await admin(sim, "POST", "command_error", {"conn": conn_id, "code": 18})
+        await admin(sim, "POST", "skip_seq", {"conn": conn_id, "sid": sid, "n": 3})
+        await wait_for(
+            lambda: query(dsn, "SELECT count(*) FROM gaps WHERE state = 'recovered'")[0][0] == 1,
+            30,
+            "the gap to recover",
+        )
+        assert sim.ws.connections[conn_id].session.refused == 2
+        await wait_for(lambda: sim.truth_lines >= 2500, 30, "more traffic")
+        await quiesce(sim, svc)
+        assert await run.finish() == 0
+    report = compare(dsn, tmp_path / "truth.jsonl")
+    for table, diff in report.items():
+        assert not diff.extra, (table, diff.extra)
+        if table != "orderbook_deltas":
+            assert diff.exact, (table, diff.missing)
+    missing = report["orderbook_deltas"].missing
+    assert sum(missing.values()) == 3, missing
+    assert {ident[0] for ident in missing} <= sid_markets
+    hows = query(dsn, "SELECT how FROM gaps WHERE state = 'recovered'")
+    assert hows == [("get_snapshot",)]
+    assert query(dsn, "SELECT count(*) FROM gaps")[0][0] == 2  # one gap: open + recovered

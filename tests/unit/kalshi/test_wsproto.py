@@ -381,3 +381,16 @@ def test_issue11_use_yes_price_frames_stored_in_the_no_convention() -> None:
     assert isinstance(out, Data)
     assert isinstance(out.record, DeltaRec)
     assert (out.record.price, out.record.wire_scale) == (6000, "no")
+
+
+def test_issue11_subscription_error_with_seq_is_no_gap() -> None:
+    """A subscription-scoped error (27) carrying a seq: a CommandError, and the data seq that
+    skips its number is no gap."""
+    proto = WsProtocol()
+    sid = _subscribed(proto, [T1])
+    proto.feed(_snapshot(sid, 1))
+    cmd = proto.get_snapshot(sid, [T1])
+    err = {"code": 27, "msg": "Too many requests"}
+    events = proto.feed(_frame(id=cmd.id, type="error", sid=sid, seq=2, msg=err))
+    assert events == [CommandError(cmd.id, 27, "Too many requests", sid, ())]
+    assert [type(e) for e in proto.feed(_delta(sid, 3))] == [Data]

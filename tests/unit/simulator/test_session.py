@@ -313,3 +313,29 @@ def test_issue11_use_yes_price_modes(mode: str, flag: bool | None, yes_scale: bo
     hub.publish_serialised([("orderbook_delta", m.ticker, body)])
     delta = drain(s)[-1]["msg"]
     assert delta["price_dollars"] == want
+
+
+def test_issue11_refused_commands_carry_code_sid_and_seq() -> None:
+    """Armed 27/18 refuse the next commands; a subscription-scoped one carries sid and seq."""
+    hub, s = make(control_frames_consume_seq=True)
+    tickers = active(hub, 2)
+    params = {"channels": ["orderbook_delta"], "market_tickers": tickers[:1]}
+    send(s, {"id": 1, "cmd": "subscribe", "params": params})
+    sub = next(iter(s.subs.values()))
+    before = sub.seq
+    s.refuse.extend([27, 18])
+    update = {"sids": [sub.sid], "action": "add_markets", "market_tickers": tickers[1:]}
+    first = send(s, {"id": 2, "cmd": "update_subscription", "params": update})
+    second = send(s, {"id": 3, "cmd": "subscribe", "params": {"channels": ["trade"]}})
+    assert first == [
+        {
+            "id": 2,
+            "sid": sub.sid,
+            "seq": before + 1,
+            "type": "error",
+            "msg": {"code": 27, "msg": "Too many requests"},
+        }
+    ]
+    assert second == [{"id": 3, "type": "error", "msg": {"code": 18, "msg": "Command timeout"}}]
+    assert list(sub.tickers or ()) == tickers[:1]  # nothing changed
+    assert s.refused == 2
