@@ -6,6 +6,11 @@ transaction together with its ``schema_migrations`` row, so a file is either ful
 not at all. A session advisory lock serialises concurrent
 runs (the second waits, then finds nothing to do). A file whose checksum differs from the one
 recorded when it was applied stops the run: applied migrations are history, never edited.
+
+The one exception is explicit: :data:`ACCEPTED_CHECKSUMS` names, per target and version, earlier
+contents of a file that was changed on purpose (each with the reason and the migration that
+brings such databases to the same schema). A database that recorded one of those checksums
+migrates on; any other difference is still refused.
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ TARGETS: tuple[Target, ...] = ("gatherer", "production")
 #: pg_advisory_lock key: hashtext('kalshi_data.migrate') computed once, fixed forever.
 LOCK_KEY = 0x6B64_6D69  # "kdmi"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+#: (target, version) -> {sha256 of an earlier content of that file: why it changed}. A database
+#: that applied one of these versions is not "edited history": the later migration named in the
+#: reason converges it with databases that applied the current file.
+ACCEPTED_CHECKSUMS: dict[tuple[str, str], dict[str, str]] = {
+    ("gatherer", "0004"): {
+        "327eeb9a7bac18e0f19ca93bf86e2e862bbbe886028b36fcf500f26f190c3d91": (
+            "granted the writer column-level SELECT on identity columns, which fails on "
+            "TimescaleDB hypertables with compression enabled and is not needed by a bare "
+            "ON CONFLICT DO NOTHING; gatherer 0007 revokes those grants"
+        ),
+    },
+}
 
 
 class MigrationError(RuntimeError):
@@ -115,7 +133,8 @@ def migrate(dsn: str, target: Target, *, base: Path | None = None) -> list[str]:
             for mig in wanted:
                 prior = done.get(mig.version)
                 if prior is not None:
-                    if prior[3] != mig.checksum:
+                    accepted = ACCEPTED_CHECKSUMS.get((target, mig.version), {})
+                    if prior[3] != mig.checksum and prior[3] not in accepted:
                         raise MigrationError(
                             f"migration {mig.name} was edited after it was applied "
                             f"(recorded sha256 {prior[3][:12]}…, file {mig.checksum[:12]}…); "

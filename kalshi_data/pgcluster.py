@@ -6,6 +6,10 @@ exit) leaves no server behind, even when a test fails.
 
 When the caller is root, the server runs as the ``postgres`` user (PostgreSQL refuses to run as
 root), and the data directory is handed to that user.
+
+TimescaleDB: :func:`timescaledb_missing` says whether the extension is installed into the server
+found here (and why not); ``PgCluster.init(timescaledb=True)`` writes the preload it needs
+(DESIGN.md §3a). A clone of such a cluster keeps its ``postgresql.conf``, hence the preload.
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "log_min_messages": "warning",
 }
 
+#: What a TimescaleDB gatherer server needs on top of DEFAULT_SETTINGS: the preload (without it
+#: CREATE EXTENSION is FATAL), no telemetry (loopback only), and room for its background workers
+#: (the scheduler per database plus policy jobs) next to the parallel-query workers.
+TIMESCALEDB_SETTINGS: dict[str, str] = {
+    "shared_preload_libraries": "'timescaledb'",
+    "timescaledb.telemetry_level": "off",
+    "timescaledb.max_background_workers": "8",
+    "max_worker_processes": "16",
+}
+
 _REGISTRY: dict[Path, PgCluster] = {}
 
 
@@ -68,6 +82,48 @@ def find_bindir() -> Path:
     raise PgClusterError(
         "PostgreSQL server binaries not found: run `make pg` or apt-get install postgresql"
     )
+
+
+def _pg_dirs(bindir: Path) -> tuple[Path, Path]:
+    """(sharedir, pkglibdir) of the server in ``bindir``: from its pg_config, else the Debian
+    layout (``/usr/lib/postgresql/N/{bin,lib}``, ``/usr/share/postgresql/N``)."""
+    pg_config = bindir / "pg_config"
+    if pg_config.exists():
+        proc = subprocess.run(
+            [str(pg_config), "--sharedir", "--pkglibdir"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = proc.stdout.split()
+        if proc.returncode == 0 and len(lines) == 2:
+            return Path(lines[0]), Path(lines[1])
+    major = bindir.parent.name
+    return Path("/usr/share/postgresql") / major, bindir.parent / "lib"
+
+
+def timescaledb_missing(bindir: Path | None = None) -> str | None:
+    """None when the timescaledb extension is installed into the server in ``bindir`` (default:
+    :func:`find_bindir`); otherwise a sentence saying what is missing, for skip messages."""
+    try:
+        bindir = bindir or find_bindir()
+    except PgClusterError as exc:
+        return str(exc)
+    sharedir, libdir = _pg_dirs(bindir)
+    control = sharedir / "extension" / "timescaledb.control"
+    if not control.exists():
+        return (
+            f"the timescaledb extension is not installed into the PostgreSQL server in {bindir} "
+            f"(no {control}); install it from Timescale's apt repository (docs/timescaledb.md)"
+        )
+    if not (libdir / "timescaledb.so").exists():
+        return f"{control} exists but {libdir / 'timescaledb.so'} does not"
+    return None
+
+
+def timescaledb_installed(bindir: Path | None = None) -> bool:
+    """True when the timescaledb extension is installed into the server in ``bindir``."""
+    return timescaledb_missing(bindir) is None
 
 
 def free_port() -> int:
@@ -138,8 +194,18 @@ class PgCluster:
                     os.chmod(p, mode | 0o001)
                 p = p.parent
 
-    def init(self, settings: Mapping[str, str] | None = None) -> PgCluster:
-        """Run initdb and write the server settings; returns self."""
+    def init(
+        self, settings: Mapping[str, str] | None = None, *, timescaledb: bool = False
+    ) -> PgCluster:
+        """Run initdb and write the server settings; returns self.
+
+        With ``timescaledb``, the server preloads the extension (:data:`TIMESCALEDB_SETTINGS`);
+        raises :class:`PgClusterError` naming what is missing when it is not installed.
+        """
+        if timescaledb:
+            missing = timescaledb_missing(self.bindir)
+            if missing is not None:
+                raise PgClusterError(missing)
         self._prepare_base()
         pwfile = self.base / "pw.tmp"
         pwfile.write_text(self.superuser_password)
@@ -165,6 +231,8 @@ class PgCluster:
         conf = dict(DEFAULT_SETTINGS)
         conf["port"] = str(self.port)
         conf["unix_socket_directories"] = f"'{self.sockdir}'"
+        if timescaledb:
+            conf.update(TIMESCALEDB_SETTINGS)
         conf.update(settings or {})
         self._write_conf(conf)
         return self
@@ -272,6 +340,16 @@ class PgCluster:
             self.kill9()
         _REGISTRY.pop(self.base, None)
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def setting(self, name: str) -> str:
+        """The running server's value of one setting (``SHOW``)."""
+        return str(self.execute(f"SHOW {name}")[0][0])
+
+    @property
+    def preloads_timescaledb(self) -> bool:
+        """True when the running server has timescaledb in ``shared_preload_libraries``."""
+        libs = self.setting("shared_preload_libraries")
+        return "timescaledb" in [x.strip().strip('"') for x in libs.split(",")]
 
     # ----------------------------------------------------------------- access
     def dsn(
@@ -398,11 +476,14 @@ def stop_all() -> None:
 
 
 @contextlib.contextmanager
-def temporary_cluster(base: Path, settings: Mapping[str, str] | None = None) -> Iterator[PgCluster]:
-    """Init and start a cluster under ``base``; destroy it on exit, even on error."""
+def temporary_cluster(
+    base: Path, settings: Mapping[str, str] | None = None, *, timescaledb: bool = False
+) -> Iterator[PgCluster]:
+    """Init and start a cluster under ``base`` (preloading TimescaleDB when asked); destroy it
+    on exit, even on error."""
     cluster = PgCluster(base)
     try:
-        cluster.init(settings)
+        cluster.init(settings, timescaledb=timescaledb)
         cluster.start()
         yield cluster
     finally:

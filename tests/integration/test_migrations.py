@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 
 from kalshi_data import tables
-from kalshi_data.migrate import MigrationError, load, migrate, migrations_dir
+from kalshi_data.migrate import ACCEPTED_CHECKSUMS, MigrationError, load, migrate, migrations_dir
 from kalshi_data.pgcluster import PgCluster
 from kalshi_data.users import create_user
 
@@ -38,8 +39,9 @@ def _unique_columns(dsn: str, table: str) -> set[tuple[str, ...]]:
     return {tuple(r[0]) for r in rows}
 
 
+@pytest.mark.both_backends
 def test_gatherer_migrations_idempotent(fresh_db: str) -> None:
-    """Applying twice applies everything once, then nothing."""
+    """Applying twice applies everything once, then nothing (on TimescaleDB too)."""
     first = migrate(fresh_db, "gatherer")
     assert first == [m.name for m in load("gatherer")]
     assert migrate(fresh_db, "gatherer") == []
@@ -151,15 +153,16 @@ def _user_dsn(cluster: PgCluster, dbname: str, user: str, password: str) -> str:
     return cluster.dsn(dbname, user=user, password=password)
 
 
-def test_gatherer_roles_are_restricted(shared_pg: PgCluster, fresh_db: str) -> None:
+@pytest.mark.both_backends
+def test_gatherer_roles_are_restricted(gatherer_shared_pg: PgCluster, fresh_db: str) -> None:
     """The writer can only insert (and read identity columns); the reader can only read."""
     migrate(fresh_db, "gatherer")
     dbname = fresh_db.rsplit("/", 1)[1]
     suffix = dbname.replace("_", "")
     create_user(fresh_db, "gatherer_writer", f"gw{suffix}", "pw-writer-test")
     create_user(fresh_db, "dedup_reader", f"dr{suffix}", "pw-reader-test")
-    writer = _user_dsn(shared_pg, dbname, f"gw{suffix}", "pw-writer-test")
-    reader = _user_dsn(shared_pg, dbname, f"dr{suffix}", "pw-reader-test")
+    writer = _user_dsn(gatherer_shared_pg, dbname, f"gw{suffix}", "pw-writer-test")
+    reader = _user_dsn(gatherer_shared_pg, dbname, f"dr{suffix}", "pw-reader-test")
     row = (
         "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
         "is_block_trade, suspect, received_at) VALUES "
@@ -210,3 +213,42 @@ def test_production_writer_has_no_ddl(shared_pg: PgCluster, fresh_db: str) -> No
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(forbidden)
             conn.rollback()
+
+
+OLD_0004 = Path(__file__).parent / "data" / "gatherer_0004_roles_before_0007.sql"
+
+
+def _writer_column_grants(dsn: str) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT table_name::text, column_name::text FROM information_schema.column_privileges"
+            " WHERE grantee = 'kd_gatherer_writer' AND privilege_type = 'SELECT'"
+            " AND table_schema = 'public' ORDER BY 1, 2"
+        ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_database_with_the_old_0004_migrates_on(fresh_db: str, tmp_path: Path) -> None:
+    """A gatherer that applied 0004 before its column grants were removed (its checksum is in
+    ACCEPTED_CHECKSUMS) migrates on, and 0007 leaves it with the same privileges as a new one;
+    any other content of 0004 is still refused."""
+    old = tmp_path / "old"
+    shutil.copytree(migrations_dir(), old)
+    (old / "gatherer" / "0004_roles.sql").write_text(OLD_0004.read_text())
+    for later in (old / "gatherer").glob("0007_*.sql"):
+        later.unlink()
+    migrate(fresh_db, "gatherer", base=old)
+    checksum = hashlib.sha256(OLD_0004.read_bytes()).hexdigest()
+    assert checksum in ACCEPTED_CHECKSUMS[("gatherer", "0004")]
+    assert ("trades", "trade_id") in _writer_column_grants(fresh_db)
+    assert migrate(fresh_db, "gatherer") == ["0007_timescale_grants.sql"]
+    assert _writer_column_grants(fresh_db) == []
+    assert migrate(fresh_db, "gatherer") == []
+    # only the listed checksum is accepted: a database that recorded any other is refused
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE schema_migrations SET checksum = %s WHERE version = '0004'",
+            (hashlib.sha256(b"another edit").hexdigest(),),
+        )
+    with pytest.raises(MigrationError, match=r"0004_roles\.sql was edited"):
+        migrate(fresh_db, "gatherer")

@@ -1,8 +1,9 @@
 -- Roles (reliability-notes §7). Group roles without LOGIN; `kalshi-data create-user` makes login
 -- users that are members of one of them (and sets default_transaction_read_only for readers,
 -- since role settings are not inherited through membership).
---   kd_gatherer_writer: INSERT only, plus SELECT on the identity (arbiter) columns that
---                       INSERT ... ON CONFLICT DO NOTHING needs when replaying the spool.
+--   kd_gatherer_writer: INSERT only. The writer's spool replays use a bare
+--                       INSERT ... ON CONFLICT DO NOTHING (no conflict target), which needs no
+--                       SELECT right at all.
 --   kd_dedup_reader:    SELECT only.
 DO $$
 BEGIN
@@ -20,16 +21,11 @@ GRANT USAGE ON SCHEMA public TO kd_gatherer_writer, kd_dedup_reader;
 
 GRANT INSERT ON trades, orderbook_deltas, orderbook_snapshots, tickers, lifecycle_events,
     markets, events, series, gaps, dead_letters TO kd_gatherer_writer;
-GRANT SELECT (trade_id, exchange_ts) ON trades TO kd_gatherer_writer;
-GRANT SELECT (ticker, exchange_ts, side, price, delta, k) ON orderbook_deltas TO kd_gatherer_writer;
-GRANT SELECT (ticker, exchange_ts, source, content_hash) ON orderbook_snapshots TO kd_gatherer_writer;
-GRANT SELECT (ticker, exchange_ts, content_hash) ON tickers TO kd_gatherer_writer;
-GRANT SELECT (kind, ticker, event_type, content_hash) ON lifecycle_events TO kd_gatherer_writer;
-GRANT SELECT (ticker, content_hash) ON markets TO kd_gatherer_writer;
-GRANT SELECT (event_ticker, content_hash) ON events TO kd_gatherer_writer;
-GRANT SELECT (ticker, content_hash) ON series TO kd_gatherer_writer;
-GRANT SELECT (gap_id, state) ON gaps TO kd_gatherer_writer;
-GRANT SELECT (dl_id) ON dead_letters TO kd_gatherer_writer;
+-- No column-level GRANT here: on TimescaleDB, GRANT SELECT (col, ...) on a hypertable whose
+-- compression is enabled fails (`column "trade_id" of relation "_compressed_hypertable_2" does
+-- not exist`, DESIGN.md §3a), and the writer needs none. This file once granted SELECT on each
+-- table's identity columns; databases that applied that version keep it as accepted history
+-- (kalshi_data/migrate.py ACCEPTED_CHECKSUMS) and 0007 revokes those grants.
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO kd_gatherer_writer;
 GRANT EXECUTE ON FUNCTION kd_ensure_partitions(integer, integer) TO kd_gatherer_writer;
 
