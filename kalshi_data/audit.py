@@ -368,13 +368,13 @@ SELECT o.gatherer_id, m.ticker, o.detected_at,
        coalesce(
            (SELECT min(s.exchange_ts) FROM orderbook_snapshots s
             WHERE s.ticker = m.ticker AND s.exchange_ts >= date_trunc('second', o.detected_at)
-              AND s.exchange_ts < $2 + interval '1 day'),
+              AND s.exchange_ts < $2::timestamptz + interval '1 day'),
            r.recovered_at) AS closed_at
 FROM gaps o
 CROSS JOIN LATERAL unnest(o.markets) AS m(ticker)
 LEFT JOIN gaps r ON r.gap_id = o.gap_id AND r.state = 'recovered'
-WHERE o.state = 'open' AND o.channel = 'orderbook_delta' AND o.detected_at < $2
-  AND coalesce(r.recovered_at, 'infinity') > $1 - interval '1 day'
+WHERE o.state = 'open' AND o.channel = 'orderbook_delta' AND o.detected_at < $2::timestamptz
+  AND coalesce(r.recovered_at, 'infinity') > $1::timestamptz - interval '1 day'
 """
 PEERS = "SELECT DISTINCT gatherer_id FROM sync_cursors"
 PENDING_OR_DONE = "SELECT window_start, status FROM audit_windows"
