@@ -19,6 +19,7 @@ import json
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,23 +86,17 @@ class StatusConfig:
     http_timeout_s: float = 3.0
 
 
-@dataclass(frozen=True, slots=True)
-class _StatusFile:
-    """The status keys of a file that may also hold the audit's own keys."""
-
-    status: StatusConfig
-
-
-def load(path: str | Path) -> StatusConfig:
-    """``status:`` section of the file when present, else the whole file as a StatusConfig."""
+def load(path: str | Path, *, env: Mapping[str, str] | None = None) -> StatusConfig:
+    """The ``status:`` section of an audit config (with its ``production``), else the whole file
+    as a StatusConfig. ``KALSHI_DATA_PRODUCTION__DSN`` still overrides the DSN."""
     import yaml  # noqa: PLC0415
 
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if isinstance(raw, dict) and "status" in raw:
-        section = dict(raw["status"])
-        section.setdefault("production", raw.get("production"))
-        return load_config(_StatusFile, None, data={"status": section}).status
-    return load_config(StatusConfig, path)
+        section = dict(raw["status"] or {})
+        section["production"] = raw.get("production")
+        return load_config(StatusConfig, None, data=section, env=env)
+    return load_config(StatusConfig, path, env=env)
 
 
 @dataclass

@@ -120,3 +120,18 @@ def test_metrics_text_names() -> None:
         "audit_last_run_timestamp_seconds 5.0",
     ):
         assert name in text
+
+
+def test_example_config_loads_for_audit_and_status() -> None:
+    """examples/audit.yaml is valid for both commands (the DSN secret overridden)."""
+    from pathlib import Path
+
+    from kalshi_data import status
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "audit.yaml"
+    env = {"KALSHI_DATA_PRODUCTION__DSN": "postgresql://x"}
+    cfg = load(path, env=env)
+    assert cfg.window_s == 3600
+    assert cfg.page_limit == 1000
+    st = status.load(path, env=env)
+    assert [g.id for g in st.gatherers] == ["g1", "g2", "g3"]
