@@ -21,6 +21,9 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "export": ("kalshi_data.export", "export production partitions to S3 as Parquet"),
     "restore-gatherer": ("kalshi_data.restore", "rebuild a gatherer DB's recent window"),
     "retention": ("kalshi_data.retention", "drop old gatherer partitions the deduplicator synced"),
+    "audit": ("kalshi_data.audit", "check production's trades against the exchange; backfill"),
+    "coverage": ("kalshi_data.coverage", "print the audit's coverage of one UTC day"),
+    "status": ("kalshi_data.status", "is the capture complete and current? (exit 0 = healthy)"),
 }
 
 
@@ -65,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--role",
         required=True,
-        choices=["gatherer_writer", "dedup_reader", "dedup_writer", "exporter", "analyst"],
+        choices=[
+            "gatherer_writer",
+            "dedup_reader",
+            "dedup_writer",
+            "exporter",
+            "analyst",
+            "auditor",
+        ],
     )
     u.add_argument("--user", required=True)
     u.add_argument("--password-file", required=True, help="file whose first line is the password")

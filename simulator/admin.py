@@ -77,6 +77,7 @@ class AdminApi:
             "resume": self.resume,
             "rate": self.rate,
             "truth_flush": self.truth_flush,
+            "withhold_trades": self.withhold_trades,
         }
         routes = [
             web.get("/admin/connections", self.connections),
@@ -260,3 +261,12 @@ class AdminApi:
         """Write buffered truth lines now; answers the number of lines written so far."""
         self.sim.truth_flush()
         return _ok({"ok": True, "truth_lines": self.sim.truth_lines})
+
+    async def withhold_trades(self, request: web.Request) -> web.Response:
+        """The next ``n`` trades go to the truth and REST history but to no connection."""
+        body = await _body(request)
+        n = _int(body, "n", 1)
+        if n < 1:
+            raise AdminError(400, "n must be >= 1")
+        self.sim.hub.withhold_trades(n)
+        return _ok({"ok": True, "withholding": self.sim.hub.withhold})

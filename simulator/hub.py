@@ -59,6 +59,10 @@ class Hub:
         self.events: Counter[str] = Counter()
         self.frames_out = 0
         self._dirty = True
+        #: the next ``withhold`` trades reach the truth and the REST history but no connection
+        #: (every gatherer misses the same trades: what only the audit can find)
+        self.withhold = 0
+        self.trades_withheld = 0
         self._all: dict[str, list[Sub]] = {}
         self._by_ticker: dict[str, dict[str, list[Sub]]] = {}
 
@@ -97,6 +101,10 @@ class Hub:
             events[frame_type] += 1
             if truth is not None:
                 truth.append(frame_type, body)
+            if self.withhold and frame_type == "trade":
+                self.withhold -= 1
+                self.trades_withheld += 1
+                continue
             channel = CHANNEL_OF[frame_type]
             sequenced = frame_type in SEQUENCED
             for sub in self._all[channel]:
@@ -114,6 +122,10 @@ class Hub:
                             sub.deliver(frame_type, body, sequenced)
             if self._dirty:  # error 25 killed subscriptions mid-batch
                 self._rebuild()
+
+    def withhold_trades(self, n: int) -> None:
+        """Send the next ``n`` trades to no connection (truth and REST history keep them)."""
+        self.withhold += n
 
     def add(self, session: Session) -> None:
         """Register a new connection."""

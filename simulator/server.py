@@ -281,6 +281,7 @@ class Simulator:
             "trades_kept": len(ex.trades),
             "replay_total": len(self._replay),
             "replay_remaining": len(self._replay) - self._replay_next,
+            "trades_withheld": self.hub.trades_withheld,
         }
 
     # --- public properties -------------------------------------------------------------------

@@ -10,8 +10,13 @@ import pytest
 from tests.ops.tools import REPO, require_tool, run
 
 UNITS = REPO / "systemd"
-SERVICES = ["kalshi-gatherer.service", "kalshi-dedup.service", "kalshi-export.service"]
-ALL_UNITS = [*SERVICES, "kalshi-export.timer"]
+SERVICES = [
+    "kalshi-gatherer.service",
+    "kalshi-dedup.service",
+    "kalshi-export.service",
+    "kalshi-audit.service",
+]
+ALL_UNITS = [*SERVICES, "kalshi-export.timer", "kalshi-audit.timer"]
 INSTALL_PREFIX = "/opt/kalshi-data/"
 # Highest accepted `systemd-analyze security` overall exposure (0 = locked down, 10 = exposed).
 MAX_EXPOSURE = 2.0
@@ -24,6 +29,9 @@ EXEC_START = {
     ),
     "kalshi-export.service": (
         "/opt/kalshi-data/.venv/bin/kalshi-data export --config /etc/kalshi-data/export.yaml"
+    ),
+    "kalshi-audit.service": (
+        "/opt/kalshi-data/.venv/bin/kalshi-data audit --config /etc/kalshi-data/audit.yaml"
     ),
 }
 
@@ -121,7 +129,8 @@ def test_service_policy(name: str) -> None:
     """Each service runs the packaged CLI, restarts with limits and keeps the §7 sandbox."""
     unit = UNITS / name
     assert values(unit, "Service", "ExecStart") == [EXEC_START[name]]
-    restart = "on-failure" if name == "kalshi-export.service" else "always"
+    oneshot = ("kalshi-export.service", "kalshi-audit.service")
+    restart = "on-failure" if name in oneshot else "always"
     assert values(unit, "Service", "Restart") == [restart]
     assert values(unit, "Service", "RestartSec") == ["10"]
     assert values(unit, "Unit", "StartLimitIntervalSec")
