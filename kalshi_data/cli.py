@@ -21,6 +21,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "export": ("kalshi_data.export", "export production partitions to S3 as Parquet"),
     "restore-gatherer": ("kalshi_data.restore", "rebuild a gatherer DB's recent window"),
     "retention": ("kalshi_data.retention", "drop old gatherer partitions the deduplicator synced"),
+    "chaos": ("kalshi_data.chaos", "the local cluster under a seeded fault schedule, vs the truth"),
 }
 
 
