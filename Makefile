@@ -32,8 +32,10 @@ test: $(STAMP) pg
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# The chaos-marked tests (fuzzing 10^5 inputs per target, the long fault tests, and a 3-minute
+# `kalshi-data chaos` schedule of every fault kind): about 10 minutes on 2 cores.
 chaos: $(STAMP) pg
-	$(BIN)/pytest -m chaos -o addopts="-ra"
+	$(BIN)/pytest -m chaos -o addopts="-ra --import-mode=importlib" -s
 
 bench: $(STAMP) pg
 	$(BIN)/python -m bench

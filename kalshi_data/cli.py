@@ -24,6 +24,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "audit": ("kalshi_data.audit", "check production's trades against the exchange; backfill"),
     "coverage": ("kalshi_data.coverage", "print the audit's coverage of one UTC day"),
     "status": ("kalshi_data.status", "is the capture complete and current? (exit 0 = healthy)"),
+    "chaos": ("kalshi_data.chaos", "the local cluster under a seeded fault schedule, vs the truth"),
 }
 
 

@@ -353,13 +353,25 @@ def _yaml_value(raw: str, key: str) -> Any:
         raise ConfigError(key, "the environment value is not valid YAML") from None
 
 
-def _plain(value: Any) -> Any:
+#: Most values a configuration may expand to: YAML aliases can make a short file stand for
+#: billions of values ("billion laughs"); a real configuration has a few hundred.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _plain(value: Any, budget: list[int] | None = None) -> Any:
     """A deep copy with every mapping as a dict and every sequence as a list (never mutate
-    the caller's data)."""
+    the caller's data); refuses more than :data:`MAX_CONFIG_VALUES` values."""
+    if budget is None:
+        budget = [MAX_CONFIG_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(
+            "<file>", f"the configuration expands to more than {MAX_CONFIG_VALUES} values"
+        )
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, budget) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_plain(v, budget) for v in value]
     return value
 
 
@@ -427,6 +439,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, str | int | float | bool | None):
+            raise ConfigError(
+                "<file>", f"the key at line {key_node.start_mark.line + 1} is not a plain value"
+            )
         if key in seen:
             raise ConfigError(
                 str(key), f"duplicate key at line {key_node.start_mark.line + 1} of the file"
@@ -443,9 +459,11 @@ _StrictLoader.add_constructor(
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"{path} is not UTF-8 text (byte {exc.start})") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as exc:
@@ -455,6 +473,8 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError("<file>", f"{path} is not valid YAML: {exc.problem}{where}") from None
     except yaml.YAMLError:
         raise ConfigError("<file>", f"{path} is not valid YAML") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError("<file>", f"{path} nests collections too deeply") from None
 
 
 def load_config(

@@ -143,7 +143,10 @@ class WsServer:
         transport = request.transport
         await ws.prepare(request)
         conn_id = next(self._ids)
-        session = Session(conn_id, self.hub, request.remote or "")
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        # host:port, so that a harness can tell which client process holds the connection.
+        remote = f"{peer[0]}:{peer[1]}" if peer else (request.remote or "")
+        session = Session(conn_id, self.hub, remote)
         conn = Connection(conn_id, ws, session)
         conn.transport = transport
         self.connections[conn_id] = conn

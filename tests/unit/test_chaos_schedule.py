@@ -1,0 +1,71 @@
+"""The chaos fault schedule: seeded, reproducible, and never impairs every gatherer at once."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from kalshi_data.chaos import (
+    DEFAULT_MARGIN_S,
+    FAILOVER_SPACING_S,
+    KINDS,
+    RECOVERY_MARGIN_S,
+    build_parser,
+    make_schedule,
+    schedule_digest,
+)
+
+GATHERERS = ["g1", "g2", "g3"]
+
+
+def test_same_seed_same_schedule_other_seed_other_schedule() -> None:
+    a = make_schedule(11, 1800, 6, GATHERERS, list(KINDS))
+    b = make_schedule(11, 1800, 6, GATHERERS, list(KINDS))
+    c = make_schedule(12, 1800, 6, GATHERERS, list(KINDS))
+    assert a == b
+    assert schedule_digest(a) == schedule_digest(b)
+    assert schedule_digest(a) != schedule_digest(c)
+
+
+def test_thirty_minutes_give_over_a_hundred_faults_of_every_kind() -> None:
+    plan = make_schedule(5, 1800, 6, GATHERERS, list(KINDS))
+    assert len(plan) >= 100
+    assert {f.kind for f in plan} == set(KINDS)
+    assert all(f.at_s >= 10 and f.at_s + f.duration_s < 1800 - 20 for f in plan)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_at_least_one_gatherer_hears_everything_at_every_instant(seed: int) -> None:
+    plan = make_schedule(seed, 1200, 30, GATHERERS, list(KINDS))
+    spans = []
+    for f in plan:
+        if KINDS[f.kind][0]:
+            margin = RECOVERY_MARGIN_S.get(f.kind, DEFAULT_MARGIN_S)
+            spans.append((f.at_s, f.at_s + f.duration_s + margin, f.target))
+    assert spans
+    for start, _, _ in spans:  # the impaired set only grows at a span's start
+        impaired = {g for s, e, g in spans if s <= start < e}
+        assert len(impaired) < len(GATHERERS), (seed, start, impaired)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_one_fault_per_resource_and_failovers_spaced(seed: int) -> None:
+    plan = make_schedule(seed, 1200, 30, GATHERERS, list(KINDS))
+    by_resource: dict[str, list[tuple[float, float]]] = {}
+    for f in plan:
+        res = KINDS[f.kind][1].format(g=f.target)
+        by_resource.setdefault(res, []).append((f.at_s, f.at_s + f.duration_s))
+    for spans in by_resource.values():
+        spans.sort()
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert start >= end
+    failovers = [f.at_s for f in plan if f.kind == "production_failover"]
+    assert all(b - a >= FAILOVER_SPACING_S for a, b in itertools.pairwise(failovers))
+
+
+def test_kinds_option_restricts_the_schedule() -> None:
+    plan = make_schedule(1, 600, 20, GATHERERS, ["sim_drop", "gatherer_db_kill9"])
+    assert {f.kind for f in plan} <= {"sim_drop", "gatherer_db_kill9"}
+    args = build_parser().parse_args(["--seed", "9", "--duration", "60", "--timescaledb"])
+    assert (args.seed, args.duration, args.timescaledb) == (9, 60.0, True)
