@@ -19,6 +19,7 @@ ROLES: dict[str, str] = {
     "dedup_writer": "kd_dedup_writer",
     "exporter": "kd_exporter",
     "analyst": "kd_analyst",
+    "retention": "kd_retention",
 }
 _READ_ONLY = {"dedup_reader", "analyst"}
 
