@@ -95,6 +95,13 @@ class DedupMetrics:
         self._read: dict[str, float] = {}
         self._new: dict[str, float] = {}
 
+    def preinit(self, gatherers: list[str], tables: list[str]) -> None:
+        """Create every (gatherer, table) child of the event counters at 0, so that increase()
+        sees the first event (a series born at 1 has no increase)."""
+        for g in gatherers:
+            for t in tables:
+                self.cursor_rescans.labels(g, t)
+
     def record_merge(self, gatherer: str, table: str, read: int, inserted: int) -> None:
         """Count one merged batch and refresh the table's running duplicate ratio."""
         self.rows_read.labels(gatherer, table).inc(read)

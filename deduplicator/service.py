@@ -27,6 +27,7 @@ from deduplicator.seen import SeenIdentities
 from deduplicator.sync import GathererSync
 from kalshi_data.httpserver import HealthServer
 from kalshi_data.resilience import Backoff, ErrorClass, classify
+from kalshi_data.tables import SYNCED_TABLES
 
 log = logging.getLogger("deduplicator")
 
@@ -52,6 +53,7 @@ class Deduplicator:
     def __init__(self, cfg: DedupConfig) -> None:
         self.cfg = cfg
         self.metrics = DedupMetrics(cfg.instance_id)
+        self.metrics.preinit([g.id for g in cfg.gatherers], [t.name for t in SYNCED_TABLES])
         self.lease = LeaseState(cfg.instance_id)
         self.stop = asyncio.Event()
         # One filter for all loops: a row merged from one gatherer is skipped by the others.

@@ -94,3 +94,7 @@ class GathererMetrics:
             self.health_status,
         ):
             m.labels(self.gatherer_id)
+        # Labelled counters start at 0 for every known label value, so that increase() sees
+        # the first event (a series born at 1 has no increase).
+        for source in ("ws", "rest", "writer"):
+            self.dead_letters.labels(self.gatherer_id, source)

@@ -174,6 +174,14 @@ class _Secrets:
 
 
 # ------------------------------------------------------------------------------------ types
+def resolve_secret(value: str, key: str, env: Mapping[str, str] | None = None) -> str:
+    """One value with a ``file:``/``secretsmanager:`` reference resolved (a CLI argument, say).
+
+    Raises ConfigError naming ``key`` when the reference cannot be read; never echoes the secret.
+    """
+    return _Secrets(os.environ if env is None else env, None).resolve(value, key)
+
+
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from kalshi_data.config import resolve_secret
+from kalshi_data.errors import ConfigError
 from kalshi_data.restore import parse_duration
 from kalshi_data.tables import TIMESERIES_TABLES
 
@@ -27,7 +29,7 @@ class Decision:
 
     table: str
     partition: str
-    action: str  # "dropped", "kept: unsynced rows", "would drop"
+    action: str  # "dropped", "kept: unsynced rows", "kept: newer than the bound", "would drop"
 
 
 async def _cursor(prod: asyncpg.Connection, gatherer_id: str, table: str) -> tuple[int, int, str]:
@@ -49,7 +51,9 @@ async def _old_partitions(gath: asyncpg.Connection, table: str, before: datetime
     )
     if timescale:
         rows = await gath.fetch(
-            "SELECT c::text FROM show_chunks($1::regclass, older_than => $2) AS c", table, before
+            "SELECT c::text FROM show_chunks($1::regclass, older_than => $2::timestamptz) AS c",
+            table,
+            before,
         )
         return [str(r[0]) for r in rows]
     rows = await gath.fetch(
@@ -95,19 +99,17 @@ async def run_retention(
                     f"this database is {sysid}: refusing to drop anything"
                 )
             for part in await _old_partitions(gath, spec.name, before):
-                unsynced = await gath.fetchval(
-                    f"SELECT EXISTS (SELECT 1 FROM {part} WHERE (ingest_xid, ingest_id) > "
-                    "($1::text::xid8, $2::bigint))",
+                # kd_retention_drop (gatherer migration 0008) re-checks the bound and the
+                # cursor under a lock and drops; the caller needs no table privilege at all.
+                action = await gath.fetchval(
+                    "SELECT kd_retention_drop($1::regclass, $2, $3::text::xid8, $4, $5)",
+                    part,
+                    before,
                     str(last_xid),
                     last_id,
+                    dry_run,
                 )
-                if unsynced:
-                    decisions.append(Decision(spec.name, part, "kept: unsynced rows"))
-                elif dry_run:
-                    decisions.append(Decision(spec.name, part, "would drop"))
-                else:
-                    await gath.execute(f"DROP TABLE {part}")
-                    decisions.append(Decision(spec.name, part, "dropped"))
+                decisions.append(Decision(spec.name, part, str(action)))
     finally:
         await gath.close()
         await prod.close()
@@ -117,24 +119,35 @@ async def run_retention(
 def main(argv: list[str]) -> int:
     """``kalshi-data retention --gatherer-dsn D --production-dsn D --gatherer-id g1 --keep 7d``."""
     parser = argparse.ArgumentParser(prog="kalshi-data retention", description=__doc__)
-    parser.add_argument("--gatherer-dsn", required=True, help="an owner of the gatherer tables")
-    parser.add_argument("--production-dsn", required=True, help="read access to sync_cursors")
+    parser.add_argument(
+        "--gatherer-dsn",
+        required=True,
+        help="a member of kd_retention (create-user --role retention); file:/path reads the DSN "
+        "from that file, so no password is on the command line",
+    )
+    parser.add_argument(
+        "--production-dsn",
+        required=True,
+        help="read access to sync_cursors (file:/path as for --gatherer-dsn)",
+    )
     parser.add_argument("--gatherer-id", required=True)
     parser.add_argument("--keep", default="7d", help="keep at least this much (default 7d)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     try:
         keep = parse_duration(args.keep)
+        gatherer_dsn = resolve_secret(args.gatherer_dsn, "--gatherer-dsn")
+        production_dsn = resolve_secret(args.production_dsn, "--production-dsn")
         decisions = asyncio.run(
             run_retention(
-                args.gatherer_dsn,
-                args.production_dsn,
+                gatherer_dsn,
+                production_dsn,
                 args.gatherer_id,
                 keep,
                 dry_run=args.dry_run,
             )
         )
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, ConfigError, asyncpg.PostgresError) as exc:
         print(f"kalshi-data retention: {exc}", file=sys.stderr)
         return 2
     for d in decisions:

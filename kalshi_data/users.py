@@ -20,6 +20,7 @@ ROLES: dict[str, str] = {
     "exporter": "kd_exporter",
     "analyst": "kd_analyst",
     "auditor": "kd_auditor",
+    "retention": "kd_retention",
 }
 _READ_ONLY = {"dedup_reader", "analyst"}
 

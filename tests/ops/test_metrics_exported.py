@@ -70,3 +70,48 @@ def test_gatherer_and_dedup_export_everything_listed(tmp_path: Path) -> None:
     for name, (kind, labels) in listed.items():
         assert exported[name][0] == kind, name
         assert exported[name][1] == labels, name
+
+
+def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, ...], float]:
+    """Label values -> value of every sample called ``name``."""
+    return {
+        tuple(s.labels.values()): s.value
+        for fam in registry.collect()
+        for s in fam.samples
+        if s.name == name
+    }
+
+
+def test_labelled_event_counters_start_at_zero() -> None:
+    """dead_letters (per source) and cursor_rescans (per gatherer and table) are exposed at 0
+    before their first event, so that increase() in the alert rules sees that first event."""
+    from kalshi_data.tables import SYNCED_TABLES
+
+    g = GathererMetrics("g1")
+    dead = _samples(g.registry, "gatherer_dead_letters_total")
+    assert dead == {("g1", "ws"): 0.0, ("g1", "rest"): 0.0, ("g1", "writer"): 0.0}
+    d = DedupMetrics("dedup-a")
+    tables = [t.name for t in SYNCED_TABLES]
+    d.preinit(["g1", "g7"], tables)
+    rescans = _samples(d.registry, "dedup_cursor_rescans_total")
+    assert rescans == {(gid, t): 0.0 for gid in ("g1", "g7") for t in tables}
+
+
+def test_dedup_service_preinitialises_its_gatherers() -> None:
+    """The deduplicator pre-initialises cursor_rescans for the configured gatherer ids."""
+    from deduplicator.config import DedupConfig
+    from deduplicator.service import Deduplicator
+    from kalshi_data.config import load_config
+
+    raw = {
+        "instance_id": "dedup-a",
+        "production": {"dsn": "postgresql://u@127.0.0.1:1/p"},
+        "gatherers": [
+            {"id": "g4", "dsn": "postgresql://u@127.0.0.1:1/a"},
+            {"id": "g9", "dsn": "postgresql://u@127.0.0.1:1/b"},
+        ],
+    }
+    cfg = load_config(DedupConfig, None, env={}, data=raw)
+    service = Deduplicator(cfg)
+    gatherers = {k[0] for k in _samples(service.metrics.registry, "dedup_cursor_rescans_total")}
+    assert gatherers == {"g4", "g9"}

@@ -92,11 +92,28 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     assert "KalshiGatherersDegraded" in result.stdout + result.stderr
 
 
-def test_promtool_check_scrape_config() -> None:
-    """The example Prometheus configuration (scrape.yml + its rule file) is valid."""
+def test_promtool_check_scrape_config(tmp_path: Path) -> None:
+    """The Prometheus configuration (scrape.yml + its rule file) is valid.
+
+    It names no region: Prometheus on EC2 takes its own instance's region from the metadata
+    service, which this machine has not, so the check runs on a copy with a region filled in.
+    """
     promtool = require_tool("promtool")
-    result = run([promtool, "check", "config", "scrape.yml"], cwd=PROM)
+    text = (PROM / "scrape.yml").read_text()
+    doc = yaml.safe_load(text)
+    jobs = doc["scrape_configs"]
+    names = [j["job_name"] for j in jobs]
+    assert names == ["kalshi-gatherer", "kalshi-dedup", "node"], names  # no self-scrape
+    for job in jobs:
+        for sd in job["ec2_sd_configs"]:
+            assert "region" not in sd, job["job_name"]
+            sd["region"] = "eu-west-3"
+    (tmp_path / "scrape.yml").write_text(yaml.safe_dump(doc))
+    shutil.copy(PROM / "alerts.yml", tmp_path / "alerts.yml")
+    result = run([promtool, "check", "config", "scrape.yml"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    roles = [r for r in jobs[2]["relabel_configs"] if r.get("target_label") == "role"]
+    assert roles, "the node job must carry the kalshi-data-role tag as `role` (disk alert)"
 
 
 def test_every_alert_has_a_firing_test_case() -> None:
@@ -205,3 +222,35 @@ def test_dashboard_uids_are_distinct() -> None:
     """The two dashboards can be provisioned side by side."""
     uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
+
+
+def _overlaps(panels: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Pairs of panels whose grid rectangles intersect."""
+    out = []
+    boxes = [(p["title"], p["gridPos"]) for p in panels]
+    for i, (ta, a) in enumerate(boxes):
+        for tb, b in boxes[i + 1 :]:
+            if (
+                a["x"] < b["x"] + b["w"]
+                and b["x"] < a["x"] + a["w"]
+                and a["y"] < b["y"] + b["h"]
+                and b["y"] < a["y"] + a["h"]
+            ):
+                out.append((ta, tb))
+    return out
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_panels_do_not_overlap(path: Path) -> None:
+    """No two panels share grid cells, and every panel fits the 24-column grid."""
+    panels = json.loads(path.read_text())["panels"]
+    for p in panels:
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
+    assert _overlaps(panels) == []
+
+
+def test_overlap_check_can_fail() -> None:
+    """The overlap check reports two panels on the same cells."""
+    a = {"title": "a", "gridPos": {"x": 0, "y": 0, "w": 12, "h": 8}}
+    b = {"title": "b", "gridPos": {"x": 6, "y": 4, "w": 12, "h": 8}}
+    assert _overlaps([a, b]) == [("a", "b")]
