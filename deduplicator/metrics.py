@@ -91,6 +91,18 @@ class DedupMetrics:
         self.seen_cache_rows = Gauge(
             "dedup_seen_cache_rows", "Identity digests held by the seen-identity filter", registry=r
         )
+        # partition upkeep (deduplicator/upkeep.py)
+        self.partition_default_rows = Gauge(
+            "dedup_partition_default_rows",
+            "Rows in a table's default partition after the last upkeep run (0 when healthy)",
+            ("table",),
+            registry=r,
+        )
+        self.partition_upkeep_last_success = Gauge(
+            "dedup_partition_upkeep_last_success_timestamp_seconds",
+            "End of the last successful partition upkeep run",
+            registry=r,
+        )
         self.is_leader.labels(self.instance_id).set(0)
         self._read: dict[str, float] = {}
         self._new: dict[str, float] = {}

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from deduplicator import lease as lease_mod
-from deduplicator import sink
+from deduplicator import sink, upkeep
 from deduplicator.config import DedupConfig
 from deduplicator.errors import FatalError
 from deduplicator.lease import LeaseState
@@ -172,6 +172,12 @@ class Deduplicator:
         self._sync_tasks = [
             asyncio.create_task(self._run_sync(s), name=f"sync-{s.src.id}") for s in self.syncs
         ]
+        self._sync_tasks.append(  # partition upkeep, on its own connection (deduplicator/upkeep.py)
+            asyncio.create_task(
+                upkeep.run_periodic(self.cfg.production.dsn.reveal(), self.metrics, self.stop),
+                name="upkeep",
+            )
+        )
 
     async def _run_sync(self, s: GathererSync) -> None:
         try:

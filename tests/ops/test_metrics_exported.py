@@ -58,6 +58,7 @@ def test_gatherer_and_dedup_export_everything_listed(tmp_path: Path) -> None:
     d.cursor_rescans.labels("g1", "trades").inc()
     d.seen_skipped.labels("g1", "trades").inc()
     d.direct_conflicts.labels("g1", "trades").inc()
+    d.partition_default_rows.labels("trades").set(0)
     exported = {**_families(g.registry), **_families(d.registry)}
     textfile = tmp_path / "export.prom"
     _write_textfile(textfile, ExportResult(files=[], rows={"trades": 5}))
