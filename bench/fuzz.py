@@ -321,7 +321,7 @@ def rest_corpus(seed: int) -> list[tuple[str, Any]]:
 def _rest_trade(tr: Any) -> dict[str, Any]:
     from simulator.rest import trade_obj  # noqa: PLC0415
 
-    return trade_obj(tr.msg)
+    return trade_obj(tr.msg, tr.created_us)
 
 
 # --------------------------------------------------------------------------------- ws

@@ -38,6 +38,8 @@ CLOSING = frozenset({"determined", "settled"})
 REFETCH = frozenset(
     {"close_date_updated", "metadata_updated", "price_level_structure_updated", "deactivated"}
 )
+
+
 def _unpaused(rec: LifecycleRec) -> bool:
     """An ``activated`` that ends a pause (``is_deactivated`` false, §3.10): the market existed
     with a resting book all along, so a non-empty first snapshot is no late subscription."""
