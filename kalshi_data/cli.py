@@ -21,6 +21,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "export": ("kalshi_data.export", "export production partitions to S3 as Parquet"),
     "restore-gatherer": ("kalshi_data.restore", "rebuild a gatherer DB's recent window"),
     "retention": ("kalshi_data.retention", "drop old gatherer partitions the deduplicator synced"),
+    "import": ("kalshi_data.importer", "restore a table's days from the S3 archive"),
 }
 
 
