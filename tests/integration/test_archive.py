@@ -101,6 +101,11 @@ def test_export_drop_import_round_trip(
     first = run_export(_config(fresh_db, s3_endpoint, None, bucket), now=now)
     assert first.dropped == []
     assert first.rows == {"trades": len(before)}
+    # The database itself refuses to drop a day whose export is not verified.
+    with psycopg.connect(fresh_db, autocommit=True) as conn, pytest.raises(psycopg.Error):
+        conn.execute(
+            "SELECT kd_drop_day('trades', %s, %s)", (days[0], object_key("kd", "trades", days[0]))
+        )
     bad = object_key("kd", "trades", days[1])
     good_body = s3.get_object(Bucket=bucket, Key=bad)["Body"].read()
     s3.put_object(Bucket=bucket, Key=bad, Body=good_body[:-10] + b"0123456789")
