@@ -25,6 +25,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "coverage": ("kalshi_data.coverage", "print the audit's coverage of one UTC day"),
     "status": ("kalshi_data.status", "is the capture complete and current? (exit 0 = healthy)"),
     "chaos": ("kalshi_data.chaos", "the local cluster under a seeded fault schedule, vs the truth"),
+    "import": ("kalshi_data.importer", "restore a table's days from the S3 archive"),
 }
 
 

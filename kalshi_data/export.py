@@ -2,9 +2,18 @@
 
 One Parquet file per (table, UTC day), written only once the day has settled (``settle_s`` after
 its end, so late rows from a gatherer catching up are included). Write-then-commit: the file and
-its ``.manifest.json`` (row count, sha256, time range) are uploaded first, then one production
+its manifest (``_<file>.manifest.json`` beside it: row count, sha256, time range; the leading
+underscore makes Athena, Trino, Spark and Hive skip it when they read the day's folder) are
+uploaded first, then one production
 transaction records the manifest row and advances the table's watermark. A crash between the two
 re-uploads the same deterministic key on the next run; reruns are idempotent.
+
+Archive, then drop (``production.keep_days``, off by default): after exporting, each attached
+daily partition older than ``keep_days`` whose export is committed is verified (the object read
+back from S3: its sha256 and Parquet row count against the manifest, and the partition's row
+count too), marked verified, and detached and dropped in one transaction (``kd_drop_day``, which
+re-checks the verified manifest). Any failed check keeps the partition. A crash leaves the day in
+production, in S3, or both; never in neither. See docs/archive.md.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ log = logging.getLogger("kalshi_data.export")
 
 DEFAULT_TABLES: tuple[str, ...] = (*(t.name for t in TIMESERIES_TABLES), LIFECYCLE_EVENTS.name)
 _FETCH = 50_000
+#: Rows per Parquet row group: large enough for scan engines (Athena, Trino, DuckDB read a row
+#: group per task), small enough to buffer (about 50-100 MB of Arrow data for the widest table).
+ROW_GROUP_ROWS = 500_000
 
 _ARROW: dict[str, pa.DataType] = {
     "uuid": pa.string(),
@@ -55,9 +67,18 @@ _ARROW: dict[str, pa.DataType] = {
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    """The production database (a role with SELECT on data and write on export tables)."""
+    """The production database (a role with SELECT on data and write on export tables).
+
+    ``keep_days``: drop a day's partitions once the day is older than this many days and its
+    export is verified (None, the default, keeps everything).
+    """
 
     dsn: Secret
+    keep_days: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_days is not None and self.keep_days < 1:
+            raise ConfigError("production.keep_days", "must be a whole number of days >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +110,7 @@ class ExportResult:
 
     files: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
 
 
 def arrow_schema(spec: TableSpec) -> pa.Schema:
@@ -123,6 +145,12 @@ def object_key(prefix: str, table: str, day: date) -> str:
     return f"{prefix.strip('/')}/{table}/date={d}/{table}-{d}.parquet"
 
 
+def manifest_key(key: str) -> str:
+    """The manifest beside an object; ``_`` first, so query engines skip it as a hidden file."""
+    folder, _, name = key.rpartition("/")
+    return f"{folder}/_{name}.manifest.json"
+
+
 def _batches(
     conn: psycopg.Connection[Any], spec: TableSpec, lo: datetime, hi: datetime, schema: pa.Schema
 ) -> Iterator[pa.RecordBatch]:
@@ -151,17 +179,23 @@ def _write_day(
     tcol = schema.get_field_index(_time_column(spec))
     # A server-side cursor needs a transaction; REPEATABLE READ would not matter here: the day
     # is settled, so no row for it is still being written.
+    buffered: list[pa.RecordBatch] = []
     with (
         conn.transaction(),
         pq.ParquetWriter(path, schema, compression="zstd") as writer,
     ):
         for batch in _batches(conn, spec, lo, hi, schema):
-            writer.write_batch(batch)
+            buffered.append(batch)
+            if sum(b.num_rows for b in buffered) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(buffered), row_group_size=ROW_GROUP_ROWS)
+                buffered = []
             rows += batch.num_rows
             col = batch.column(tcol).to_pylist()
             bmin, bmax = min(col), max(col)
             tmin = bmin if tmin is None or bmin < tmin else tmin
             tmax = bmax if tmax is None or bmax > tmax else tmax
+        if buffered:
+            writer.write_table(pa.Table.from_batches(buffered), row_group_size=ROW_GROUP_ROWS)
     return rows, tmin, tmax
 
 
@@ -204,6 +238,9 @@ def run_export(
                 end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
                 if end + timedelta(seconds=cfg.settle_s) > now:
                     break
+                if spec.partitioned and _under_repair(conn, spec, day):
+                    log.info("%s %s: partition upkeep is moving this day; later", spec.name, day)
+                    break
                 plan.append((spec, day))
                 day += timedelta(days=1)
         with Progress(disable=not show_progress) as progress, tempfile.TemporaryDirectory() as tmp:
@@ -228,7 +265,7 @@ def run_export(
                 s3.upload_file(str(path), cfg.s3.bucket, key)
                 s3.put_object(
                     Bucket=cfg.s3.bucket,
-                    Key=key + ".manifest.json",
+                    Key=manifest_key(key),
                     Body=json.dumps(manifest, indent=2).encode(),
                     ContentType="application/json",
                 )
@@ -261,9 +298,108 @@ def run_export(
                     key,
                 )
                 progress.advance(task)
+        if cfg.production.keep_days is not None:
+            result.dropped = drop_archived(conn, s3, cfg, now=now)
     if cfg.metrics_textfile:
         _write_textfile(Path(cfg.metrics_textfile), result)
     return result
+
+
+def _under_repair(conn: psycopg.Connection[Any], spec: TableSpec, day: date) -> bool:
+    """The day's table exists but is not attached yet: some of its rows are not visible."""
+    row = conn.execute(
+        "SELECT NOT c.relispartition FROM pg_class c WHERE c.oid = to_regclass(%s)",
+        (f"{spec.name}_p{day:%Y%m%d}",),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def verify_object(s3: Any, bucket: str, key: str, sha256: str, row_count: int, path: Path) -> str:
+    """Download ``key`` to ``path`` and check it against the manifest; returns "" when it
+    matches, else what differs (never raises for a mismatch)."""
+    try:
+        s3.download_file(bucket, key, str(path))
+    except Exception as exc:  # missing object, no permission: not verified
+        return f"cannot read s3://{bucket}/{key} ({type(exc).__name__})"
+    digest = _sha256(path)
+    if digest != sha256:
+        return f"sha256 {digest[:12]}… is not the manifest's {sha256[:12]}…"
+    n = pq.ParquetFile(path).metadata.num_rows
+    if n != row_count:
+        return f"{n} rows in the object, {row_count} in the manifest"
+    return ""
+
+
+def _attached_days(conn: psycopg.Connection[Any], spec: TableSpec) -> list[date]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass AND c.relname ~ '_p[0-9]{8}$'",
+        (spec.name,),
+    ).fetchall()
+    return sorted(datetime.strptime(r[0][-8:], "%Y%m%d").date() for r in rows)
+
+
+def drop_archived(
+    conn: psycopg.Connection[Any], s3: Any, cfg: ExportConfig, *, now: datetime
+) -> list[str]:
+    """Drop the partitions older than ``keep_days`` whose export verifies; returns them."""
+    assert cfg.production.keep_days is not None
+    cutoff = now.astimezone(UTC).date() - timedelta(days=cfg.production.keep_days)
+    dropped: list[str] = []
+    # DETACH takes ACCESS EXCLUSIVE on the parent: wait briefly, never queue writers for long.
+    conn.execute("SET lock_timeout = '5s'")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in cfg.tables:
+            spec = BY_NAME[name]
+            if not spec.partitioned:
+                continue
+            for day in _attached_days(conn, spec):
+                if day >= cutoff:
+                    break
+                lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                key = object_key(cfg.s3.prefix, spec.name, day)
+                row = conn.execute(
+                    "SELECT row_count, sha256 FROM export_manifests "
+                    "WHERE s3_key = %s AND table_name = %s AND range_start = %s",
+                    (key, spec.name, lo),
+                ).fetchone()
+                if row is None:
+                    log.info("%s %s: not exported yet; kept", spec.name, day)
+                    continue
+                row_count, sha256 = int(row[0]), str(row[1])
+                problem = verify_object(
+                    s3, cfg.s3.bucket, key, sha256, row_count, Path(tmp) / "check.parquet"
+                )
+                if not problem:
+                    problem = _manifest_problem(s3, cfg.s3.bucket, key, sha256, row_count)
+                if problem:
+                    log.error("%s %s: export does not verify (%s); kept", spec.name, day, problem)
+                    continue
+                conn.execute(
+                    "UPDATE export_manifests SET verified_at = now() WHERE s3_key = %s", (key,)
+                )
+                try:
+                    done = conn.execute(
+                        "SELECT kd_drop_day(%s, %s, %s)", (spec.name, day, key)
+                    ).fetchone()
+                except psycopg.Error as exc:
+                    log.error("%s %s: not dropped (%s)", spec.name, day, str(exc).splitlines()[0])  # noqa: TRY400
+                    continue
+                if done and done[0]:
+                    dropped.append(f"{spec.name}_p{day:%Y%m%d}")
+                    log.info("%s %s: verified in S3, partition dropped", spec.name, day)
+    return dropped
+
+
+def _manifest_problem(s3: Any, bucket: str, key: str, sha256: str, row_count: int) -> str:
+    """The manifest object beside the Parquet file must agree (the importer trusts it)."""
+    try:
+        doc = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key(key))["Body"].read())
+    except Exception as exc:
+        return f"cannot read the manifest object ({type(exc).__name__})"
+    if doc.get("sha256") != sha256 or doc.get("row_count") != row_count:
+        return "the manifest object differs from production's manifest row"
+    return ""
 
 
 def _write_textfile(path: Path, result: ExportResult) -> None:
@@ -299,5 +435,5 @@ def main(argv: list[str]) -> int:
 
     setup_logging("export", cfg.log_level)
     result = run_export(cfg, show_progress=sys.stderr.isatty())
-    print(json.dumps({"files": len(result.files), "rows": result.rows}))
+    print(json.dumps({"files": len(result.files), "rows": result.rows, "dropped": result.dropped}))
     return 0

@@ -15,7 +15,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from kalshi_data.config import load_config
-from kalshi_data.export import ExportConfig, object_key, run_export
+from kalshi_data.export import ExportConfig, manifest_key, object_key, run_export
 from kalshi_data.migrate import migrate
 from kalshi_data.pgcluster import free_port
 
@@ -79,9 +79,7 @@ def test_export_writes_settled_days_with_manifests(fresh_db: str, s3_endpoint: s
     for key in result.files:
         body = s3.get_object(Bucket="archive", Key=key)["Body"].read()
         table = pq.read_table(io.BytesIO(body))
-        manifest = json.loads(
-            s3.get_object(Bucket="archive", Key=key + ".manifest.json")["Body"].read()
-        )
+        manifest = json.loads(s3.get_object(Bucket="archive", Key=manifest_key(key))["Body"].read())
         assert table.num_rows == ROWS_PER_DAY == manifest["row_count"]
         assert hashlib.sha256(body).hexdigest() == manifest["sha256"]
         assert table.schema.field("yes_price").type.bit_width == 32  # exact integers
