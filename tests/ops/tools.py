@@ -5,11 +5,21 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL_TIMEOUT_S = 120
+#: Tool name -> reason, for every tool an ops test wanted and did not find (conftest.py prints
+#: them at the end of the run, so a missing tool is never a silent skip).
+MISSING: dict[str, str] = {}
+
+
+def skip_missing(name: str, reason: str) -> NoReturn:
+    """Record a missing tool (for the run's summary) and skip the test with ``reason``."""
+    MISSING[name] = reason
+    pytest.skip(reason)
 
 
 def require_tool(name: str, *extra_dirs: Path) -> str:
@@ -21,7 +31,7 @@ def require_tool(name: str, *extra_dirs: Path) -> str:
             found = str(candidate)
     found = found or shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (make pg installs the system tools)")
+        skip_missing(name, f"{name} is not installed (make pg installs the system tools)")
     return found
 
 
