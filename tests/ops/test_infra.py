@@ -335,9 +335,70 @@ def test_cfn_matches_terraform_essentials() -> None:
         "HealthCheckType: EC2",
         "BlockPublicPolicy: true",
         "ManageMasterUserPassword: true",
-        "gatherer-bootstrap.sh",
+        "kalshi-bootstrap@gatherer.service",
+        "kalshi-bootstrap@dedup.service",
+        "RetentionSecretG3",
     ):
         assert needle in text, needle
+
+
+def test_cfn_user_data_is_pinned_and_retried() -> None:
+    """Every CloudFormation launch template fetches the deploy bundle from the stack's artifact
+    bucket and checks its sha256 before using it, pins the wheel by sha256, and starts the
+    retrying bootstrap unit (whose script installs the SSM agent first); no unpinned URL."""
+    doc = yaml.safe_load(CFN.read_text())
+    assert "SourceTarballUrl" not in doc["Parameters"]
+    assert "AppPackage" not in doc["Parameters"]
+    templates = {
+        name: r["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+        for name, r in doc["Resources"].items()
+        if r["Type"] == "AWS::EC2::LaunchTemplate"
+    }
+    assert len(templates) == 5
+    for name, script in templates.items():
+        check = script.index("echo '${DeployBundleSha256}  /var/tmp/kalshi-data-deploy.tar.gz'")
+        assert "sha256sum -c" in script[check:].splitlines()[0], name
+        assert check < script.index("tar -xzf /var/tmp/kalshi-data-deploy.tar.gz"), name
+        assert "APP_WHEEL_SHA256=${AppWheelSha256}" in script, name
+        assert "APP_WHEEL_S3_URI=s3://${ArtifactBucket}/${AppWheelKey}" in script, name
+        assert "curl -fsSL -o" not in script, name
+        role = "gatherer" if "Gatherer" in name else "dedup"
+        assert script.rstrip().endswith(f"kalshi-bootstrap@{role}.service"), name
+
+
+def test_release_bundle_is_reproducible_and_complete(tmp_path: Path) -> None:
+    """scripts/build-release.sh --bundle-only packs the module's files reproducibly (same sha256
+    twice) and the bundle holds every file the CloudFormation user-data installs from it."""
+    import hashlib
+    import re
+    import tarfile
+
+    if not (REPO / ".git").exists():
+        pytest.skip("the release is built from git-tracked files: no git checkout here")
+    digests = []
+    for run_dir in ("a", "b"):
+        result = run(
+            [
+                "bash",
+                str(REPO / "scripts" / "build-release.sh"),
+                "--bundle-only",
+                str(tmp_path / run_dir),
+            ]
+        )
+        assert result.returncode == 0, result.stderr
+        (bundle,) = (tmp_path / run_dir).glob("kalshi-data-deploy-*.tar.gz")
+        digests.append(hashlib.sha256(bundle.read_bytes()).hexdigest())
+        assert digests[-1] in result.stdout
+    assert digests[0] == digests[1]
+    (bundle,) = (tmp_path / "b").glob("kalshi-data-deploy-*.tar.gz")
+    with tarfile.open(bundle) as tar:
+        members = {m.name for m in tar.getmembers() if m.isfile()}
+    used = set(re.findall(r"/var/tmp/kalshi-data-deploy/([\w@.-]+/[\w@.*-]+)", CFN.read_text()))
+    for path in used:
+        if "*" in path:
+            assert any(m.startswith(path.split("*")[0]) for m in members), path
+        else:
+            assert path in members, path
 
 
 def _source_dedup_bootstrap(tmp_path: Path, function: str, ids: str) -> str:
