@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench chaos deps pg clean ops-tools
+.PHONY: test lint typecheck unit demo bench chaos deps pg clean ops-tools infra-files release
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,3 +45,11 @@ demo: $(STAMP) pg
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+
+# Copy systemd/ and infra/scripts/ into the Terraform module (it must be complete on its own).
+infra-files:
+	@bash scripts/sync-terraform-files.sh
+
+# The release every host installs: the wheel and the CloudFormation deploy bundle, with sha256s.
+release:
+	@bash scripts/build-release.sh

@@ -2,11 +2,14 @@
 # Provision one deduplicator host (leader or standby: the same steps, a different instance_id in
 # dedup.yaml). Production must already be migrated and hold the kalshi_dedup/kalshi_export users
 # whose passwords are in DEDUP_SECRET_ID / EXPORT_SECRET_ID (infra/terraform/README.md, step 3).
-# Needs in bootstrap.env: AWS_REGION APP_PACKAGE|APP_ARTIFACT_S3_URI INSTANCE_ID RDS_ENDPOINT
+# Needs in bootstrap.env: AWS_REGION APP_WHEEL_S3_URI APP_WHEEL_SHA256 INSTANCE_ID RDS_ENDPOINT
 # RDS_DB_NAME DEDUP_SECRET_ID EXPORT_SECRET_ID GATHERER_IDS GATHERER_DNS_SUFFIX
-# READER_SECRET_PREFIX ENABLE_EXPORT
+# READER_SECRET_PREFIX RETENTION_SECRET_PREFIX ENABLE_EXPORT (SSM_AGENT_VERSION SSM_AGENT_SHA256
+# optional). Run by kalshi-bootstrap@dedup.service, which retries it (a minute apart) until it
+# succeeds: until production is bootstrapped and every gatherer has published its passwords.
+# ENABLE_EXPORT=true marks the jobs host (dedup-a): export and retention timers run there only.
 set -euo pipefail
-. "$(dirname "$0")/bootstrap-common.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/bootstrap-common.sh"
 
 RDS_CA=/etc/kalshi-data/rds-global-bundle.pem
 
@@ -22,41 +25,89 @@ dsn_from_secret() {
   local pw
   pw=$(secret_get "$1" password)
   if [ -z "$pw" ]; then
-    log "secret $1 has no password yet: bootstrap production first (README step 3), re-run $0"
+    log "secret $1 has no password yet: bootstrap production first (README step 3); retrying"
     exit 1
   fi
   printf 'host=%s port=5432 dbname=%s user=%s password=%s sslmode=verify-full sslrootcert=%s' \
     "$RDS_ENDPOINT" "$RDS_DB_NAME" "$2" "$pw" "$RDS_CA"
 }
 
+gatherer_credentials_dropin() {
+  # The drop-in that loads one gatherer DSN per id of GATHERER_IDS into kalshi-dedup.service
+  # (the unit itself lists only production-dsn: the ids are the deployment's).
+  local g
+  echo "# Written by dedup-bootstrap.sh from GATHERER_IDS; do not edit."
+  echo "[Service]"
+  for g in $GATHERER_IDS; do
+    echo "LoadCredential=gatherer-$g-dsn:/etc/credstore/kalshi-dedup/gatherer-$g-dsn"
+  done
+}
+
+gatherer_password() {
+  # gatherer_password <secret-id> <gatherer>: the password a gatherer published, or exit 1 (the
+  # unit retries) when it has not published it yet.
+  local pw
+  pw=$(secret_get "$1")
+  if [ -z "$pw" ]; then
+    log "gatherer $2 has not published $1 yet; retrying"
+    exit 1
+  fi
+  printf '%s' "$pw"
+}
+
 write_credentials() {
   dsn_from_secret "$DEDUP_SECRET_ID" kalshi_dedup | credential_write kalshi-dedup production-dsn
   local g pw
   for g in $GATHERER_IDS; do
-    pw=$(secret_get "$READER_SECRET_PREFIX$g")
-    if [ -z "$pw" ]; then
-      log "gatherer $g has not published its reader password yet: re-run $0 once it is up"
-      exit 1
-    fi
+    pw=$(gatherer_password "$READER_SECRET_PREFIX$g" "$g")
     printf 'host=%s.%s port=5432 dbname=kalshi_ts user=kalshi_dedup_reader password=%s sslmode=require' \
       "$g" "$GATHERER_DNS_SUFFIX" "$pw" | credential_write kalshi-dedup "gatherer-$g-dsn"
   done
+  install -d -m 0755 /etc/systemd/system/kalshi-dedup.service.d
+  gatherer_credentials_dropin > /etc/systemd/system/kalshi-dedup.service.d/gatherers.conf
   if [ "$ENABLE_EXPORT" = "true" ]; then
     dsn_from_secret "$EXPORT_SECRET_ID" kalshi_export | credential_write kalshi-export production-dsn
+    # Retention (the jobs host only): kalshi_export reads the cursors; kalshi_retention on
+    # each gatherer may drop only synced old partitions (gatherer migration 0008).
+    dsn_from_secret "$EXPORT_SECRET_ID" kalshi_export | credential_write kalshi-retention production-dsn
+    for g in $GATHERER_IDS; do
+      pw=$(gatherer_password "$RETENTION_SECRET_PREFIX$g" "$g")
+      printf 'host=%s.%s port=5432 dbname=kalshi_ts user=kalshi_retention password=%s sslmode=require' \
+        "$g" "$GATHERER_DNS_SUFFIX" "$pw" | credential_write kalshi-retention "gatherer-$g-dsn"
+    done
   fi
 }
 
-apt_https_only
-apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
-install_app
-fetch_ca
-write_credentials
-install_units
-systemctl enable --now prometheus-node-exporter kalshi-dedup
-if [ "$ENABLE_EXPORT" = "true" ]; then
-  # node-exporter reads the export job's metrics from its runtime directory.
-  echo 'ARGS="--collector.textfile.directory=/run/kalshi-export"' > /etc/default/prometheus-node-exporter
-  systemctl restart prometheus-node-exporter
-  systemctl enable --now kalshi-export.timer
+main() {
+  apt_https_only
+  install_ssm_agent
+  apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
+  install_app
+  fetch_ca
+  write_credentials
+  install_units
+  systemctl enable --now prometheus-node-exporter
+  systemctl enable kalshi-dedup
+  systemctl restart kalshi-dedup   # picks up new credentials on a re-run
+  if [ "$ENABLE_EXPORT" = "true" ]; then
+    # The export runs as the static user kalshi-export; node-exporter reads its textfile from
+    # the StateDirectory /var/lib/kalshi-export, which survives reboots.
+    id -u kalshi-export >/dev/null 2>&1 || \
+      useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kalshi-export
+    echo 'ARGS="--collector.textfile.directory=/var/lib/kalshi-export"' > /etc/default/prometheus-node-exporter
+    systemctl restart prometheus-node-exporter
+    systemctl enable --now kalshi-export.timer
+    # One run now: the export metric exists from the first day (KalshiExportStale uses absent()).
+    systemctl start --no-block kalshi-export.service
+    local g
+    for g in $GATHERER_IDS; do
+      systemctl enable --now "kalshi-retention@$g.timer"
+    done
+  fi
+  log "deduplicator $INSTANCE_ID provisioned"
+}
+
+# Sourced by the tests with KALSHI_BOOTSTRAP_SOURCE_ONLY=1 to call one function.
+if [ "${KALSHI_BOOTSTRAP_SOURCE_ONLY:-}" != 1 ]; then
+  main
 fi
-log "deduplicator $INSTANCE_ID provisioned"

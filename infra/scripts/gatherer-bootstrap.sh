@@ -2,10 +2,11 @@
 # Provision one gatherer host: PostgreSQL 15 + TimescaleDB from the vendors' apt repositories,
 # the kalshi_ts database and its roles (kalshi-data migrate / create-user), the application, the
 # credentials, a DNS name for the deduplicator, and the kalshi-gatherer service.
-# Needs in bootstrap.env: AWS_REGION APP_PACKAGE|APP_ARTIFACT_S3_URI GATHERER_ID KALSHI_SECRET_ID
-# READER_SECRET_ID ZONE_ID DNS_NAME VPC_CIDR
+# Needs in bootstrap.env: AWS_REGION APP_WHEEL_S3_URI APP_WHEEL_SHA256 GATHERER_ID KALSHI_SECRET_ID
+# READER_SECRET_ID RETENTION_SECRET_ID ZONE_ID DNS_NAME VPC_CIDR (SSM_AGENT_VERSION SSM_AGENT_SHA256
+# optional). Run by kalshi-bootstrap@gatherer.service, which retries it until it succeeds.
 set -euo pipefail
-. "$(dirname "$0")/bootstrap-common.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/bootstrap-common.sh"
 
 DB=kalshi_ts
 SUPER_DSN="host=/var/run/postgresql dbname=$DB user=postgres"
@@ -36,6 +37,12 @@ CONF
   local hba=/etc/postgresql/15/main/pg_hba.conf
   grep -q kalshi_dedup_reader "$hba" || \
     echo "hostssl $DB kalshi_dedup_reader $VPC_CIDR scram-sha-256" >> "$hba"
+  # Retention runs from the jobs deduplicator host as kalshi_retention (kd_retention).
+  grep -q kalshi_retention "$hba" || \
+    echo "hostssl $DB kalshi_retention $VPC_CIDR scram-sha-256" >> "$hba"
+  # Debian's postgresql@.service does not restart a dead postmaster: the drop-in
+  # /etc/systemd/system/postgresql@.service.d/kalshi-restart.conf (written by cloud-init) does.
+  systemctl daemon-reload
   systemctl restart postgresql@15-main
   runuser -u postgres -- psql -qAtc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 \
     || runuser -u postgres -- createdb "$DB"
@@ -64,6 +71,14 @@ create_roles() {
   fi
   runuser -u postgres -- "$VENV/bin/kalshi-data" create-user --dsn "$SUPER_DSN" \
     --role dedup_reader --user kalshi_dedup_reader --password-file "$pw"
+  # Retention user (kd_retention: may only call kd_retention_drop), likewise published.
+  secret_get "$RETENTION_SECRET_ID" > "$pw"
+  if [ ! -s "$pw" ]; then
+    random_password | tr -d '\n' > "$pw"
+    secret_put "$RETENTION_SECRET_ID" < "$pw"
+  fi
+  runuser -u postgres -- "$VENV/bin/kalshi-data" create-user --dsn "$SUPER_DSN" \
+    --role retention --user kalshi_retention --password-file "$pw"
 }
 
 kalshi_credentials() {
@@ -85,7 +100,7 @@ register_dns() {
   ip=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
     http://169.254.169.254/latest/api/token | xargs -I{} curl -fsS -H 'X-aws-ec2-metadata-token: {}' \
     http://169.254.169.254/latest/meta-data/local-ipv4)
-  "$VENV/bin/python" - "$ZONE_ID" "$DNS_NAME" "$ip" <<'PY'
+  python3 - "$ZONE_ID" "$DNS_NAME" "$ip" <<'PY'
 import sys
 import boto3
 zone, name, ip = sys.argv[1:4]
@@ -98,6 +113,7 @@ PY
 }
 
 apt_https_only
+install_ssm_agent
 install_app
 install_postgres
 create_roles

@@ -15,50 +15,64 @@ data "aws_ami" "debian12" {
 }
 
 locals {
-  ami_id      = var.ami_id != "" ? var.ami_id : data.aws_ami.debian12[0].id
-  repo        = "${path.module}/../.."
-  scripts_dir = "${path.module}/../scripts"
-  bootstrap   = "/opt/kalshi-data-bootstrap"
+  ami_id = var.ami_id != "" ? var.ami_id : data.aws_ami.debian12[0].id
+  # Everything a host needs ships inside this module (files/, synced from systemd/ and
+  # infra/scripts/ by scripts/sync-terraform-files.sh): no path outside the module is read.
+  files     = "${path.module}/files"
+  bootstrap = "/opt/kalshi-data-bootstrap"
+  units     = "/etc/kalshi-data/systemd"
+
+  # The release: exactly the wheel this repository builds, uploaded to the stack's artifact
+  # bucket and pinned by its sha256 (s3.tf).
+  app_env = [
+    "AWS_REGION=${var.region}",
+    "APP_WHEEL_S3_URI=s3://${aws_s3_bucket.artifacts.bucket}/${aws_s3_object.app_wheel.key}",
+    "APP_WHEEL_SHA256=${local.app_wheel_sha256}",
+    "SSM_AGENT_VERSION=${var.ssm_agent_version}",
+    "SSM_AGENT_SHA256=${var.ssm_agent_sha256}",
+  ]
 
   common_files = {
-    "${local.bootstrap}/bootstrap-common.sh" = { mode = "0755", content = file("${local.scripts_dir}/bootstrap-common.sh") }
+    "${local.bootstrap}/bootstrap-common.sh"        = { mode = "0755", content = file("${local.files}/scripts/bootstrap-common.sh") }
+    "/etc/systemd/system/kalshi-bootstrap@.service" = { mode = "0644", content = file("${local.files}/systemd/kalshi-bootstrap@.service") }
   }
 
   gatherer_user_data = {
     for id, g in local.gatherers : id => templatefile("${path.module}/templates/user-data.yaml.tftpl", {
-      script = "gatherer-bootstrap.sh"
+      role = "gatherer"
       files = merge(local.common_files, {
-        "${local.bootstrap}/gatherer-bootstrap.sh"         = { mode = "0755", content = file("${local.scripts_dir}/gatherer-bootstrap.sh") }
-        "/etc/kalshi-data/systemd/kalshi-gatherer.service" = { mode = "0644", content = file("${local.repo}/systemd/kalshi-gatherer.service") }
+        "${local.bootstrap}/gatherer-bootstrap.sh"                      = { mode = "0755", content = file("${local.files}/scripts/gatherer-bootstrap.sh") }
+        "${local.units}/kalshi-gatherer.service"                        = { mode = "0644", content = file("${local.files}/systemd/kalshi-gatherer.service") }
+        "/etc/systemd/system/postgresql@.service.d/kalshi-restart.conf" = { mode = "0644", content = file("${local.files}/systemd/postgresql@.service.d-kalshi-restart.conf") }
         "/etc/kalshi-data/gatherer.yaml" = { mode = "0644", content = templatefile("${path.module}/templates/gatherer.yaml.tftpl", {
           gatherer_id     = id
           kalshi_rest_url = var.kalshi_rest_url
           kalshi_ws_url   = var.kalshi_ws_url
         }) }
-        "/etc/kalshi-data/bootstrap.env" = { mode = "0600", content = join("\n", [
-          "AWS_REGION=${var.region}",
-          "APP_PACKAGE='${var.app_package}'",
-          "APP_ARTIFACT_S3_URI='${var.app_artifact_s3_uri}'",
+        "/etc/kalshi-data/bootstrap.env" = { mode = "0600", content = join("\n", concat(local.app_env, [
           "GATHERER_ID=${id}",
           "KALSHI_SECRET_ID=${aws_secretsmanager_secret.kalshi[id].arn}",
           "READER_SECRET_ID=${aws_secretsmanager_secret.gatherer_reader[id].arn}",
+          "RETENTION_SECRET_ID=${aws_secretsmanager_secret.gatherer_retention[id].arn}",
           "ZONE_ID=${aws_route53_zone.internal.zone_id}",
           "DNS_NAME=${id}.${aws_route53_zone.internal.name}",
           "VPC_CIDR=${var.vpc_cidr}",
           "",
-        ]) }
+        ])) }
       })
     })
   }
 
   dedup_user_data = {
     for name, d in local.dedups : name => templatefile("${path.module}/templates/user-data.yaml.tftpl", {
-      script = "dedup-bootstrap.sh"
+      role = "dedup"
       files = merge(local.common_files, {
-        "${local.bootstrap}/dedup-bootstrap.sh"          = { mode = "0755", content = file("${local.scripts_dir}/dedup-bootstrap.sh") }
-        "/etc/kalshi-data/systemd/kalshi-dedup.service"  = { mode = "0644", content = file("${local.repo}/systemd/kalshi-dedup.service") }
-        "/etc/kalshi-data/systemd/kalshi-export.service" = { mode = "0644", content = file("${local.repo}/systemd/kalshi-export.service") }
-        "/etc/kalshi-data/systemd/kalshi-export.timer"   = { mode = "0644", content = file("${local.repo}/systemd/kalshi-export.timer") }
+        "${local.bootstrap}/dedup-bootstrap.sh"    = { mode = "0755", content = file("${local.files}/scripts/dedup-bootstrap.sh") }
+        "${local.units}/kalshi-dedup.service"      = { mode = "0644", content = file("${local.files}/systemd/kalshi-dedup.service") }
+        "${local.units}/kalshi-export.service"     = { mode = "0644", content = file("${local.files}/systemd/kalshi-export.service") }
+        "${local.units}/kalshi-export.timer"       = { mode = "0644", content = file("${local.files}/systemd/kalshi-export.timer") }
+        "${local.units}/kalshi-retention@.service" = { mode = "0644", content = file("${local.files}/systemd/kalshi-retention@.service") }
+        "${local.units}/kalshi-retention@.timer"   = { mode = "0644", content = file("${local.files}/systemd/kalshi-retention@.timer") }
         "/etc/kalshi-data/dedup.yaml" = { mode = "0644", content = templatefile("${path.module}/templates/dedup.yaml.tftpl", {
           instance_id  = "dedup-${name}"
           gatherer_ids = var.gatherer_ids
@@ -68,10 +82,7 @@ locals {
           prefix = "kalshi-data"
           region = var.region
         }) }
-        "/etc/kalshi-data/bootstrap.env" = { mode = "0600", content = join("\n", [
-          "AWS_REGION=${var.region}",
-          "APP_PACKAGE='${var.app_package}'",
-          "APP_ARTIFACT_S3_URI='${var.app_artifact_s3_uri}'",
+        "/etc/kalshi-data/bootstrap.env" = { mode = "0600", content = join("\n", concat(local.app_env, [
           "INSTANCE_ID=dedup-${name}",
           "RDS_ENDPOINT=${aws_db_instance.production.address}",
           "RDS_DB_NAME=${var.db_name}",
@@ -80,9 +91,10 @@ locals {
           "GATHERER_IDS='${join(" ", var.gatherer_ids)}'",
           "GATHERER_DNS_SUFFIX=${aws_route53_zone.internal.name}",
           "READER_SECRET_PREFIX=kalshi-data/${var.environment}/gatherer-reader/",
+          "RETENTION_SECRET_PREFIX=kalshi-data/${var.environment}/gatherer-retention/",
           "ENABLE_EXPORT=${d.export}",
           "",
-        ]) }
+        ])) }
       })
     })
   }

@@ -2,7 +2,7 @@ data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 
 locals {
-  artifact_arn = var.app_artifact_s3_uri == "" ? "" : "arn:${data.aws_partition.current.partition}:s3:::${trimprefix(var.app_artifact_s3_uri, "s3://")}"
+  artifact_arn = "${aws_s3_bucket.artifacts.arn}/${aws_s3_object.app_wheel.key}"
   log_group    = "/kalshi-data/${var.environment}"
 }
 
@@ -36,13 +36,10 @@ data "aws_iam_policy_document" "common" {
     resources = ["${aws_cloudwatch_log_group.main.arn}:*"]
   }
 
-  dynamic "statement" {
-    for_each = var.app_artifact_s3_uri == "" ? [] : [1]
-    content {
-      sid       = "ReleaseArtefact"
-      actions   = ["s3:GetObject"]
-      resources = [local.artifact_arn]
-    }
+  statement {
+    sid       = "ReleaseWheel"
+    actions   = ["s3:GetObject"]
+    resources = [local.artifact_arn]
   }
 }
 
@@ -72,6 +69,12 @@ data "aws_iam_policy_document" "gatherer" {
     sid       = "OwnReaderPassword"
     actions   = ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"]
     resources = [aws_secretsmanager_secret.gatherer_reader[each.key].arn]
+  }
+
+  statement {
+    sid       = "OwnRetentionPassword"
+    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"]
+    resources = [aws_secretsmanager_secret.gatherer_retention[each.key].arn]
   }
 
   statement {
@@ -124,6 +127,7 @@ data "aws_iam_policy_document" "dedup" {
     actions = ["secretsmanager:GetSecretValue"]
     resources = concat(
       [for s in aws_secretsmanager_secret.gatherer_reader : s.arn],
+      [for s in aws_secretsmanager_secret.gatherer_retention : s.arn],
       [aws_secretsmanager_secret.dedup_writer.arn, aws_secretsmanager_secret.exporter.arn],
     )
   }

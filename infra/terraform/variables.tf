@@ -45,16 +45,31 @@ variable "ami_id" {
   default     = ""
 }
 
-variable "app_package" {
-  description = "pip requirement that installs kalshi-data into /opt/kalshi-data/.venv: a PyPI version (kalshi-data==0.1.0), a git URL (kalshi-data @ git+https://github.com/ORG/kalshi-data@v0.1.0) or an https wheel URL."
+variable "app_wheel_path" {
+  description = "Local path of the kalshi-data wheel built from this repository (scripts/build-release.sh writes dist/kalshi_data-<version>-py3-none-any.whl). Terraform uploads it to the stack's artifact bucket and every host installs exactly that file, checked against its sha256."
   type        = string
-  default     = "kalshi-data==0.1.0"
+
+  validation {
+    condition     = endswith(var.app_wheel_path, ".whl")
+    error_message = "app_wheel_path must name a .whl file (scripts/build-release.sh)."
+  }
 }
 
-variable "app_artifact_s3_uri" {
-  description = "Optional s3://bucket/key of a kalshi-data wheel; when set it is installed instead of app_package and the instance roles may read exactly that object."
+variable "ssm_agent_version" {
+  description = "Version of the AWS SSM agent installed on every host (Session Manager access), a folder of AWS's regional amazon-ssm-<region> bucket: \"latest\" or a pinned version such as 3.3.1142.0."
+  type        = string
+  default     = "latest"
+}
+
+variable "ssm_agent_sha256" {
+  description = "sha256 of that version's debian_amd64/amazon-ssm-agent.deb; when set the bootstrap refuses any other file. Pin it together with ssm_agent_version."
   type        = string
   default     = ""
+
+  validation {
+    condition     = can(regex("^([0-9a-f]{64})?$", var.ssm_agent_sha256))
+    error_message = "ssm_agent_sha256 must be empty or 64 lowercase hex digits."
+  }
 }
 
 variable "gatherer_ids" {
@@ -65,6 +80,11 @@ variable "gatherer_ids" {
   validation {
     condition     = length(var.gatherer_ids) == 3
     error_message = "kalshi-data runs exactly three gatherers, one per AZ."
+  }
+
+  validation {
+    condition     = alltrue([for g in var.gatherer_ids : can(regex("^[a-z][a-z0-9-]{0,15}$", g))])
+    error_message = "gatherer ids are 1-16 lowercase letters, digits or dashes (they name DNS records, secrets and systemd units)."
   }
 }
 

@@ -13,12 +13,22 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.tools import REPO, require_tool, run
+from tests.ops.tools import REPO, require_tool, run, skip_missing
 
 TF = REPO / "infra" / "terraform"
 CFN = REPO / "infra" / "cloudformation" / "kalshi-data.yaml"
 SCRIPTS = REPO / "infra" / "scripts"
+MODULE_FILES = TF / "files"
 TF_ENV = {"CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+# Where a local copy of the AWS provider may live (a filesystem mirror:
+# <dir>/registry.terraform.io/hashicorp/aws/<version>/<os_arch>/...). KALSHI_TF_PLUGIN_DIR first.
+PLUGIN_DIRS = [
+    os.environ.get("KALSHI_TF_PLUGIN_DIR", ""),
+    "/opt/tf-plugins",
+    str(Path.home() / ".terraform.d" / "plugins"),
+    str(Path.home() / ".local" / "share" / "terraform" / "plugins"),
+    "/usr/share/terraform/plugins",
+]
 
 
 def terraform() -> str:
@@ -154,23 +164,146 @@ def test_rendered_configs_match_the_application(tmp_path: Path) -> None:
         check_keys(gatherer, GathererConfig, "gatherer.yaml")
 
 
-def test_user_data_carries_files_verbatim(tmp_path: Path) -> None:
-    """The cloud-init template is valid YAML and delivers each file's bytes unchanged."""
+def _hosts_files(role: str) -> dict[str, str]:
+    """Destination path -> module file, as hosts.tf lists them for ``role`` (parsed from it)."""
+    import re
+
+    text = (TF / "hosts.tf").read_text()
+    block = text[text.index("common_files = {") : text.index("gatherer_user_data = {")]
+    start = "gatherer_user_data = {" if role == "gatherer" else "dedup_user_data = {"
+    end = "dedup_user_data = {" if role == "gatherer" else "\n}\n"
+    block += text[text.index(start) : text.index(end, text.index(start) + 1)]
+    out = {}
+    for dest, src in re.findall(
+        r'"([^"]+)"\s*=\s*\{ mode = "0\d+", content = file\("([^"]+)"\)', block
+    ):
+        path = dest.replace("${local.bootstrap}", "/opt/kalshi-data-bootstrap")
+        path = path.replace("${local.units}", "/etc/kalshi-data/systemd")
+        out[path] = src.replace("${local.files}", str(MODULE_FILES))
+    return out
+
+
+@pytest.mark.parametrize("role", ["gatherer", "dedup"])
+def test_user_data_installs_the_ssm_agent_and_retries_the_bootstrap(
+    tmp_path: Path, role: str
+) -> None:
+    """The rendered user-data of each host carries its files byte for byte, installs the SSM agent
+    first (Session Manager access) and runs the bootstrap as a retrying oneshot."""
     import base64
 
-    unit = (REPO / "systemd" / "kalshi-gatherer.service").read_text()
+    files = _hosts_files(role)
+    assert f"/opt/kalshi-data-bootstrap/{role}-bootstrap.sh" in files
+    assert "/etc/systemd/system/kalshi-bootstrap@.service" in files
+    entries = ", ".join(
+        f'"{dest}" = {{mode = "0644", content = file("{src}")}}' for dest, src in files.items()
+    )
     expression = (
-        f'templatefile("{TF}/templates/user-data.yaml.tftpl", {{script = "x.sh", files = {{'
-        f'"/etc/kalshi-data/systemd/kalshi-gatherer.service" = {{mode = "0644", '
-        f'content = file("{REPO}/systemd/kalshi-gatherer.service")}}}}}})'
+        f'templatefile("{TF}/templates/user-data.yaml.tftpl", '
+        f'{{role = "{role}", files = {{{entries}}}}})'
     )
     rendered = tf_render(tmp_path, expression)
     assert rendered.startswith("#cloud-config\n")
     doc = yaml.safe_load(rendered)
-    (entry,) = doc["write_files"]
-    assert entry["path"] == "/etc/kalshi-data/systemd/kalshi-gatherer.service"
-    assert base64.b64decode(entry["content"]).decode() == unit
-    assert doc["runcmd"] == [["bash", "/opt/kalshi-data-bootstrap/x.sh"]]
+    delivered = {e["path"]: base64.b64decode(e["content"]).decode() for e in doc["write_files"]}
+    assert delivered == {dest: Path(src).read_text() for dest, src in files.items()}
+    assert doc["runcmd"] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "--no-block", f"kalshi-bootstrap@{role}.service"],
+    ]
+    script = delivered[f"/opt/kalshi-data-bootstrap/{role}-bootstrap.sh"]
+    common = delivered["/opt/kalshi-data-bootstrap/bootstrap-common.sh"]
+    steps = [line.strip() for line in script.splitlines() if line.strip()]
+    assert steps.index("install_ssm_agent") < steps.index("install_app")
+    assert 'dpkg -i "$deb"' in common
+    assert "systemctl enable --now amazon-ssm-agent" in common
+    assert "debian_amd64/amazon-ssm-agent.deb" in common
+    unit = delivered["/etc/systemd/system/kalshi-bootstrap@.service"]
+    assert "Restart=on-failure" in unit
+    assert "StartLimitIntervalSec=0" in unit
+    assert "/opt/kalshi-data-bootstrap/%i-bootstrap.sh" in unit
+    if role == "gatherer":
+        assert "/etc/systemd/system/postgresql@.service.d/kalshi-restart.conf" in delivered
+    else:
+        assert "/etc/kalshi-data/systemd/kalshi-retention@.timer" in delivered
+
+
+def test_terraform_module_reads_nothing_outside_itself() -> None:
+    """No path of the module leaves it (`../`): it is valid as a copy of infra/terraform alone."""
+    for path in [*TF.glob("*.tf"), *(TF / "templates").glob("*")]:
+        assert "../" not in path.read_text(), path.name
+
+
+def test_module_files_are_copies_of_their_sources() -> None:
+    """infra/terraform/files holds exact copies of systemd/ and infra/scripts/
+    (run `make infra-files` after editing either)."""
+    copies = sorted(p for p in MODULE_FILES.rglob("*") if p.is_file())
+    assert copies
+    for copy in copies:
+        rel = copy.relative_to(MODULE_FILES)
+        if rel.parts[0] == "scripts":
+            source = SCRIPTS / rel.name
+        else:
+            source = REPO / "systemd" / rel.name.replace(".service.d-", ".service.d/")
+        assert source.is_file(), f"{rel}: no source {source}"
+        assert copy.read_bytes() == source.read_bytes(), f"{rel} differs: run make infra-files"
+    for script in SCRIPTS.glob("*.sh"):
+        assert (MODULE_FILES / "scripts" / script.name).is_file(), script.name
+
+
+def _plugin_mirror() -> Path | None:
+    for d in PLUGIN_DIRS:
+        if d and (Path(d) / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
+            return Path(d)
+    return None
+
+
+def test_terraform_validate_on_the_module_alone(tmp_path: Path) -> None:
+    """`terraform init -backend=false` + `validate` on a copy of infra/terraform alone, with the
+    AWS provider from a local mirror, against the committed lock file."""
+    import shutil
+
+    tool = terraform()
+    mirror = _plugin_mirror()
+    if mirror is None:
+        skip_missing(
+            "terraform AWS provider",
+            "terraform validate NOT run: no local copy of hashicorp/aws in "
+            f"{[d for d in PLUGIN_DIRS if d]} (set KALSHI_TF_PLUGIN_DIR to a filesystem mirror)",
+        )
+    module = tmp_path / "module"
+    shutil.copytree(TF, module, ignore=shutil.ignore_patterns(".terraform"))
+    rc = tmp_path / "terraformrc"
+    # The mirror is also the plugin cache (same unpacked layout): init links the provider
+    # instead of copying its several hundred megabytes.
+    rc.write_text(
+        f'plugin_cache_dir = "{mirror}"\n'
+        "provider_installation {\n"
+        f'  filesystem_mirror {{\n    path = "{mirror}"\n'
+        '    include = ["registry.terraform.io/hashicorp/aws"]\n  }\n'
+        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/aws"]\n  }\n}\n'
+    )
+    env = {**os.environ, **TF_ENV, "TF_CLI_CONFIG_FILE": str(rc)}
+    result = None
+    for args in (["init", "-backend=false", "-input=false", "-lockfile=readonly"], ["validate"]):
+        result = subprocess.run(
+            [tool, *args, "-no-color"],
+            cwd=module,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert result is not None
+    assert "The configuration is valid" in result.stdout
+
+
+def test_terraform_lock_file_is_committed() -> None:
+    """The provider lock file pins the AWS provider (version and hash)."""
+    lock = (TF / ".terraform.lock.hcl").read_text()
+    assert 'provider "registry.terraform.io/hashicorp/aws"' in lock
+    assert "h1:" in lock
 
 
 def test_cfn_lint_is_clean() -> None:
@@ -202,9 +335,122 @@ def test_cfn_matches_terraform_essentials() -> None:
         "HealthCheckType: EC2",
         "BlockPublicPolicy: true",
         "ManageMasterUserPassword: true",
-        "gatherer-bootstrap.sh",
+        "kalshi-bootstrap@gatherer.service",
+        "kalshi-bootstrap@dedup.service",
+        "RetentionSecretG3",
     ):
         assert needle in text, needle
+
+
+def test_cfn_user_data_is_pinned_and_retried() -> None:
+    """Every CloudFormation launch template fetches the deploy bundle from the stack's artifact
+    bucket and checks its sha256 before using it, pins the wheel by sha256, and starts the
+    retrying bootstrap unit (whose script installs the SSM agent first); no unpinned URL."""
+    doc = yaml.safe_load(CFN.read_text())
+    assert "SourceTarballUrl" not in doc["Parameters"]
+    assert "AppPackage" not in doc["Parameters"]
+    templates = {
+        name: r["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+        for name, r in doc["Resources"].items()
+        if r["Type"] == "AWS::EC2::LaunchTemplate"
+    }
+    assert len(templates) == 5
+    for name, script in templates.items():
+        check = script.index("echo '${DeployBundleSha256}  /var/tmp/kalshi-data-deploy.tar.gz'")
+        assert "sha256sum -c" in script[check:].splitlines()[0], name
+        assert check < script.index("tar -xzf /var/tmp/kalshi-data-deploy.tar.gz"), name
+        assert "APP_WHEEL_SHA256=${AppWheelSha256}" in script, name
+        assert "APP_WHEEL_S3_URI=s3://${ArtifactBucket}/${AppWheelKey}" in script, name
+        assert "curl -fsSL -o" not in script, name
+        role = "gatherer" if "Gatherer" in name else "dedup"
+        assert script.rstrip().endswith(f"kalshi-bootstrap@{role}.service"), name
+
+
+def test_release_bundle_is_reproducible_and_complete(tmp_path: Path) -> None:
+    """scripts/build-release.sh --bundle-only packs the module's files reproducibly (same sha256
+    twice) and the bundle holds every file the CloudFormation user-data installs from it."""
+    import hashlib
+    import re
+    import tarfile
+
+    if not (REPO / ".git").exists():
+        pytest.skip("the release is built from git-tracked files: no git checkout here")
+    digests = []
+    for run_dir in ("a", "b"):
+        result = run(
+            [
+                "bash",
+                str(REPO / "scripts" / "build-release.sh"),
+                "--bundle-only",
+                str(tmp_path / run_dir),
+            ]
+        )
+        assert result.returncode == 0, result.stderr
+        (bundle,) = (tmp_path / run_dir).glob("kalshi-data-deploy-*.tar.gz")
+        digests.append(hashlib.sha256(bundle.read_bytes()).hexdigest())
+        assert digests[-1] in result.stdout
+    assert digests[0] == digests[1]
+    (bundle,) = (tmp_path / "b").glob("kalshi-data-deploy-*.tar.gz")
+    with tarfile.open(bundle) as tar:
+        members = {m.name for m in tar.getmembers() if m.isfile()}
+    used = set(re.findall(r"/var/tmp/kalshi-data-deploy/([\w@.-]+/[\w@.*-]+)", CFN.read_text()))
+    for path in used:
+        if "*" in path:
+            assert any(m.startswith(path.split("*")[0]) for m in members), path
+        else:
+            assert path in members, path
+
+
+def _source_dedup_bootstrap(tmp_path: Path, function: str, ids: str) -> str:
+    """Output of one dedup-bootstrap.sh function, the script sourced with a test bootstrap.env."""
+    env_file = tmp_path / "bootstrap.env"
+    env_file.write_text(f"GATHERER_IDS='{ids}'\nAWS_REGION=eu-west-3\n")
+    result = subprocess.run(
+        ["bash", "-c", f'. "{SCRIPTS}/dedup-bootstrap.sh" && {function}'],
+        env={
+            "PATH": os.environ["PATH"],
+            "KALSHI_BOOTSTRAP_ENV": str(env_file),
+            "KALSHI_BOOTSTRAP_SOURCE_ONLY": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_dedup_credentials_follow_the_gatherer_ids(tmp_path: Path) -> None:
+    """The deduplicator loads one credential per configured gatherer id (any ids, not g1-g3):
+    the bootstrap's drop-in plus the unit verify cleanly and cover every DSN dedup.yaml reads."""
+    import re
+
+    dropin = _source_dedup_bootstrap(tmp_path, "gatherer_credentials_dropin", "ga gb gz")
+    loaded = re.findall(r"^LoadCredential=([a-z0-9-]+):", dropin, re.MULTILINE)
+    assert loaded == ["gatherer-ga-dsn", "gatherer-gb-dsn", "gatherer-gz-dsn"]
+    rendered = tf_render(
+        tmp_path,
+        f'templatefile("{TF}/templates/dedup.yaml.tftpl", '
+        '{instance_id = "dedup-a", gatherer_ids = ["ga", "gb", "gz"]})',
+    )
+    refs = set(re.findall(r"/run/credentials/kalshi-dedup.service/([A-Za-z0-9_.-]+)", rendered))
+    unit_text = (REPO / "systemd" / "kalshi-dedup.service").read_text()
+    unit_creds = set(re.findall(r"^LoadCredential=([a-z0-9-]+):", unit_text, re.MULTILINE))
+    assert refs == unit_creds | set(loaded)
+    tool = require_tool("systemd-analyze")
+    staged = tmp_path / "units"
+    (staged / "kalshi-dedup.service.d").mkdir(parents=True)
+    stub = tmp_path / "kalshi-data"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    (staged / "kalshi-dedup.service").write_text(
+        unit_text.replace("/opt/kalshi-data/.venv/bin/kalshi-data", str(stub))
+    )
+    (staged / "kalshi-dedup.service.d" / "gatherers.conf").write_text(dropin)
+    result = run([tool, "verify", str(staged / "kalshi-dedup.service")])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sh")))
@@ -224,3 +470,34 @@ def test_gatherer_bootstrap_installs_timescaledb_from_vendor_repo() -> None:
     assert "shared_preload_libraries = 'timescaledb'" in text
     assert 'kalshi-data" migrate gatherer --dsn' in text
     assert "create-user --dsn" in text
+    assert "--role retention --user kalshi_retention" in text
+    assert "hostssl $DB kalshi_retention $VPC_CIDR scram-sha-256" in text
+
+
+def test_bootstrap_installs_exactly_the_pinned_wheel() -> None:
+    """The app is the wheel from the stack's bucket, checked against its sha256 before pip sees
+    it; no pip requirement from a public index is installed as root."""
+    common = (SCRIPTS / "bootstrap-common.sh").read_text()
+    body = common[common.index("install_app() {") : common.index("s3_get() {")]
+    assert 'echo "$APP_WHEEL_SHA256  $wheel" | sha256sum -c --quiet -' in body
+    assert body.index("sha256sum -c") < body.index('pip" install')
+    assert 'pip" install -q --force-reinstall --no-cache-dir "$wheel"' in body
+    assert "APP_PACKAGE" not in common
+    assert 'pip" install -q --upgrade pip' not in common
+    tf = "\n".join(p.read_text() for p in TF.glob("*.tf"))
+    assert "app_package" not in tf
+    assert "APP_WHEEL_SHA256=${local.app_wheel_sha256}" in tf
+    assert "filesha256(var.app_wheel_path)" in tf
+
+
+def test_bootstrap_checksum_rejects_a_changed_wheel(tmp_path: Path) -> None:
+    """The very check install_app runs refuses a file whose sha256 is not the pinned one."""
+    import hashlib
+
+    wheel = tmp_path / "kalshi_data-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"the built wheel")
+    pinned = hashlib.sha256(b"the built wheel").hexdigest()
+    check = f'echo "{pinned}  {wheel}" | sha256sum -c --quiet -'
+    assert run(["bash", "-c", check]).returncode == 0
+    wheel.write_bytes(b"a different wheel")
+    assert run(["bash", "-c", check]).returncode != 0

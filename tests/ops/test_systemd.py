@@ -10,13 +10,22 @@ import pytest
 from tests.ops.tools import REPO, require_tool, run
 
 UNITS = REPO / "systemd"
+# The application services (sandboxed, scored). Templates are verified as instance g1.
 SERVICES = [
     "kalshi-gatherer.service",
     "kalshi-dedup.service",
     "kalshi-export.service",
     "kalshi-audit.service",
+    "kalshi-retention@.service",
 ]
-ALL_UNITS = [*SERVICES, "kalshi-export.timer", "kalshi-audit.timer"]
+# kalshi-bootstrap@ is the provisioner: root, no sandbox by design (docs/operations.md).
+ALL_UNITS = [
+    *SERVICES,
+    "kalshi-export.timer",
+    "kalshi-audit.timer",
+    "kalshi-retention@.timer",
+    "kalshi-bootstrap@.service",
+]
 INSTALL_PREFIX = "/opt/kalshi-data/"
 # Highest accepted `systemd-analyze security` overall exposure (0 = locked down, 10 = exposed).
 MAX_EXPOSURE = 2.0
@@ -33,7 +42,16 @@ EXEC_START = {
     "kalshi-audit.service": (
         "/opt/kalshi-data/.venv/bin/kalshi-data audit --config /etc/kalshi-data/audit.yaml"
     ),
+    "kalshi-retention@.service": (
+        "/opt/kalshi-data/.venv/bin/kalshi-data retention --gatherer-id %i "
+        "--gatherer-dsn file:%d/gatherer-dsn --production-dsn file:%d/production-dsn --keep 7d"
+    ),
 }
+
+
+def instance(name: str, instance_id: str = "g1") -> str:
+    """``kalshi-retention@.service`` -> ``kalshi-retention@g1.service`` (others unchanged)."""
+    return name.replace("@.", f"@{instance_id}.")
 
 
 def parse_unit(path: Path) -> list[tuple[str, str, str]]:
@@ -75,13 +93,16 @@ def staged_units(tmp_path: Path) -> Path:
     for name in ALL_UNITS:
         text = (UNITS / name).read_text().replace(INSTALL_PREFIX, f"{prefix}/")
         (staged / name).write_text(text)
+        if "@." in name:  # a template and the instance verify and security look at
+            (staged / instance(name, "gatherer" if "bootstrap" in name else "g1")).write_text(text)
     return staged
 
 
 def test_units_verify_without_warnings(staged_units: Path) -> None:
     """systemd-analyze verify accepts every unit and prints no warning at all."""
     tool = require_tool("systemd-analyze")
-    result = run([tool, "verify", *(str(staged_units / n) for n in ALL_UNITS)])
+    names = [instance(n, "gatherer" if "bootstrap" in n else "g1") for n in ALL_UNITS]
+    result = run([tool, "verify", *(str(staged_units / n) for n in names)])
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
 
@@ -108,7 +129,7 @@ def exposure(tool: str, unit: Path) -> float:
 def test_exposure_score_below_threshold(staged_units: Path, name: str) -> None:
     """Each service's offline security exposure is at most MAX_EXPOSURE (documented score)."""
     tool = require_tool("systemd-analyze")
-    score = exposure(tool, staged_units / name)
+    score = exposure(tool, staged_units / instance(name))
     assert score <= MAX_EXPOSURE, f"{name}: exposure {score} > {MAX_EXPOSURE}"
     documented = (REPO / "docs" / "operations.md").read_text()
     assert f"| `{name}` | {score} |" in documented, f"docs/operations.md lacks {name} {score}"
@@ -129,14 +150,21 @@ def test_service_policy(name: str) -> None:
     """Each service runs the packaged CLI, restarts with limits and keeps the §7 sandbox."""
     unit = UNITS / name
     assert values(unit, "Service", "ExecStart") == [EXEC_START[name]]
-    oneshot = ("kalshi-export.service", "kalshi-audit.service")
-    restart = "on-failure" if name in oneshot else "always"
-    assert values(unit, "Service", "Restart") == [restart]
-    assert values(unit, "Service", "RestartSec") == ["10"]
-    assert values(unit, "Unit", "StartLimitIntervalSec")
-    assert values(unit, "Unit", "StartLimitBurst")
+    if name in ("kalshi-gatherer.service", "kalshi-dedup.service"):
+        # Long-running: restart for ever, 10 s apart; never stop retrying (no start limit).
+        assert values(unit, "Service", "Restart") == ["always"]
+        assert values(unit, "Service", "RestartSec") == ["10"]
+        assert values(unit, "Unit", "StartLimitIntervalSec") == ["0"]
+        assert values(unit, "Unit", "StartLimitBurst") == []
+    elif name in ("kalshi-export.service", "kalshi-audit.service"):
+        assert values(unit, "Service", "Restart") == ["on-failure"]
+        assert values(unit, "Unit", "StartLimitBurst")
+    else:  # retention: the next daily run retries
+        assert values(unit, "Service", "Type") == ["oneshot"]
+    # export runs as a static user so node-exporter can read its StateDirectory's textfile.
+    user = ("User", "kalshi-export") if name == "kalshi-export.service" else ("DynamicUser", "yes")
+    assert values(unit, "Service", user[0]) == [user[1]]
     for key, expected in {
-        "DynamicUser": "yes",
         "NoNewPrivileges": "yes",
         "CapabilityBoundingSet": "",
         "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
@@ -170,7 +198,7 @@ def test_no_secret_in_unit(name: str) -> None:
     for cred in creds:
         cred_name, _, source = cred.partition(":")
         assert re.fullmatch(r"[a-z0-9-]+", cred_name), cred
-        assert source.startswith(f"/etc/credstore/{unit.stem}/"), cred
+        assert source.startswith(f"/etc/credstore/{unit.stem.rstrip('@')}/"), cred
 
 
 def credential_refs(text: str, unit: str) -> set[str]:
@@ -196,6 +224,9 @@ def test_config_credentials_are_loaded_by_the_unit(config: str, name: str) -> No
     refs = credential_refs(text, name)
     assert refs, f"{config} references no credential of {name}"
     loaded = {c.partition(":")[0] for c in values(UNITS / name, "Service", "LoadCredential")}
+    if name == "kalshi-dedup.service":
+        # One per gatherer id, from the bootstrap's drop-in (test_infra checks the drop-in).
+        loaded |= {r for r in refs if re.fullmatch(r"gatherer-[a-z0-9-]+-dsn", r)}
     assert refs <= loaded, f"{config} reads {sorted(refs - loaded)} that {name} does not load"
 
 
