@@ -209,3 +209,15 @@ async def test_uncovered_gap_windows_match_known_holes(sim: Simulator, fresh_db:
     # M-A: all three in a gap from 110 s (the last to start) to the snapshot at 120 s.
     # M-B: g3 had no gap there, so it covered. M-C: all three from 2000 s to the window end.
     assert rows == [("M-A", 1, 10.0, 0), ("M-C", 1, 1600.0, 0)]
+
+
+async def test_one_audit_run_at_a_time(sim: Simulator, fresh_db: str) -> None:
+    """While another session holds the audit's lock, a run plans and writes nothing."""
+    migrate(fresh_db, "production")
+    cfg = _cfg(fresh_db, sim.rest_url)
+    with psycopg.connect(fresh_db, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('kalshi_data.audit'))")
+        run = await a.run_audit(cfg, now=time.time())
+        assert not run.complete
+        assert run.pending_error == "another audit run holds the lock"
+        assert _count(fresh_db, "SELECT count(*) FROM audit_windows") == 0
