@@ -22,6 +22,11 @@ When a window is complete, its ``coverage`` rows get the order-book side: per ma
 windows no gatherer was free of (every peer in a gap at once), each closed by the market's next
 snapshot in production. See docs/audit.md.
 
+Layout (about 900 lines, STYLE habit 8): config, the pure cores (planning, reconciliation,
+interval arithmetic), the SQL, the shell and the CLI stay together so one reading shows the whole
+invariant "a window is done only when every page was compared"; the cores are the first split
+candidate (``_audit_core.py``) if the file grows.
+
 Exit codes: 0 every window planned is done and nothing is missing after the backfill; 1 a window
 stays pending (exchange or production failure) or trades are still missing; 2 bad configuration
 or a permanent error (authentication, missing migration).
