@@ -22,6 +22,11 @@ When a window is complete, its ``coverage`` rows get the order-book side: per ma
 windows no gatherer was free of (every peer in a gap at once), each closed by the market's next
 snapshot in production. See docs/audit.md.
 
+Layout (about 900 lines, STYLE habit 8): config, the pure cores (planning, reconciliation,
+interval arithmetic), the SQL, the shell and the CLI stay together so one reading shows the whole
+invariant "a window is done only when every page was compared"; the cores are the first split
+candidate (``_audit_core.py``) if the file grows.
+
 Exit codes: 0 every window planned is done and nothing is missing after the backfill; 1 a window
 stays pending (exchange or production failure) or trades are still missing; 2 bad configuration
 or a permanent error (authentication, missing migration).
@@ -377,6 +382,8 @@ WHERE o.state = 'open' AND o.channel = 'orderbook_delta' AND o.detected_at < $2:
   AND coalesce(r.recovered_at, 'infinity') > $1::timestamptz - interval '1 day'
 """
 PEERS = "SELECT DISTINCT gatherer_id FROM sync_cursors"
+#: Session advisory lock, released when the connection closes (also on a crash).
+LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('kalshi_data.audit'))"
 PENDING_OR_DONE = "SELECT window_start, status FROM audit_windows"
 SUMMARY = """
 SELECT coalesce(sum(exchange_trades - live_trades) FILTER (WHERE status = 'done'), 0),
@@ -737,6 +744,10 @@ async def run_audit(
     run = AuditRun(dry_run=dry_run)
     conn = await connect(cfg)
     try:
+        # One run at a time (a manual run beside the timer's): pages commit counts as they go.
+        if not await conn.fetchval(LOCK_SQL):
+            run.pending_error = "another audit run holds the lock"
+            return run
         states = {int(_us(r[0])): r[1] for r in await conn.fetch(PENDING_OR_DONE)}
         starts = plan_windows(
             now_s,

@@ -232,6 +232,80 @@ def _start_dedup(demo: Demo, prod_dsn: str, gatherers: list[dict[str, str]]) -> 
     return svc
 
 
+#: The demo audits one-minute windows, 20 s after they end (production: hours, docs/audit.md).
+AUDIT_WINDOW_S = 60
+
+
+def _setup_audit(demo: Demo) -> Path:
+    """A kd_auditor login and an audit config (also read by ``kalshi-data status``)."""
+    prod = demo.clusters["production"]
+    pw = secrets.token_urlsafe(16)
+    create_user(prod.dsn("kalshi"), "auditor", "kd_audit", pw)
+    dsn = demo.secret_file("audit-dsn", prod.dsn("kalshi", "kd_audit", pw))
+    cfg = {
+        "production": {"dsn": f"file:{dsn}"},
+        "kalshi": {"rest_url": demo.sim_info["rest_url"], "rate_per_s": 5, "burst": 10},
+        "window_s": AUDIT_WINDOW_S,
+        "settle_s": 20,  # the deduplicator's lag is seconds: audit after it merged the window
+        "lookback_s": 3600,
+        "metrics_textfile": str(demo.workdir / "audit.prom"),
+        "status": {
+            "gatherers": [
+                {"id": s.name, "health_url": s.health_url}
+                for s in demo.services
+                if s.name.startswith("g") and s.health_url
+            ],
+            "deduplicators": [
+                {"id": "dedup-a", "health_url": s.health_url}
+                for s in demo.services
+                if s.name == "deduplicator" and s.health_url
+            ],
+        },
+    }
+    path = demo.workdir / "audit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run_audit(demo: Demo, cfg: Path, *, now: float | None = None) -> subprocess.Popen[bytes]:
+    """One ``kalshi-data audit`` run in the background (its log in logs/audit.log)."""
+    argv = [_python(), "-m", "kalshi_data.cli", "audit", "--config", str(cfg)]
+    if now is not None:
+        argv += ["--now", str(now)]
+    with (demo.workdir / "logs" / "audit.log").open("ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+
+
+def _audit_totals(demo: Demo) -> dict[str, float]:
+    """Sums over the audited windows (production read as its superuser, as the demo owns it)."""
+    import psycopg  # noqa: PLC0415
+
+    try:
+        with psycopg.connect(demo.clusters["production"].dsn("kalshi"), connect_timeout=2) as c:
+            row = c.execute(
+                "SELECT count(*) FILTER (WHERE w.status = 'done'), "
+                "count(*) FILTER (WHERE w.status = 'pending'), "
+                "coalesce(sum(exchange_trades), 0), coalesce(sum(live_trades), 0), "
+                "coalesce(sum(backfilled), 0), coalesce(sum(missing_after), 0), "
+                "(SELECT coalesce(sum(uncovered_gaps), 0) FROM coverage) "
+                "FROM audit_windows w"
+            ).fetchone()
+    except Exception:
+        return {}
+    keys = ("done", "pending", "exchange", "live", "backfilled", "missing", "uncovered_gaps")
+    return dict(zip(keys, (float(v) for v in row), strict=True)) if row else {}
+
+
+def _audit_cell(totals: dict[str, float]) -> str:
+    if not totals or not totals.get("done"):
+        return "no window yet"
+    live = totals["live"] / totals["exchange"] if totals["exchange"] else 1.0
+    return (
+        f"{totals['done']:.0f} windows: {totals['exchange']:.0f} trades, "
+        f"{live:.1%} live, {totals['backfilled']:.0f} backfilled, {totals['missing']:.0f} missing"
+    )
+
+
 def _get(url: str | None, timeout_s: float = 1.0) -> str | None:
     if url is None:
         return None
@@ -298,7 +372,16 @@ def _view(demo: Demo, prev: dict[str, dict[str, float]], dt: float) -> Table:
             prev.setdefault(svc.name, {})["msgs"] = msgs
             continue
         prev.setdefault(svc.name, {})["rows"] = rows
+    table.caption = f"trade audit (1-min windows): {_audit_cell(_audit_totals(demo))}"
     return table
+
+
+def _admin_post(demo: Demo, path: str) -> None:
+    """POST a simulator admin call (pause, truth_flush ...); best effort."""
+    url = f"{demo.sim_info.get('admin_url')}/{path}"
+    req = urllib.request.Request(url, data=b"{}", method="POST")  # noqa: S310 (loopback only)
+    with contextlib.suppress(Exception), urllib.request.urlopen(req, timeout=5):  # noqa: S310
+        pass
 
 
 def _wait_drained(demo: Demo, timeout_s: float) -> None:
@@ -336,7 +419,21 @@ def _summary(demo: Demo, since_us: int, until_us: int) -> bool:
             "yes" if diff.exact else "NO",
         )
     console.print(table)
-    return exact
+    totals = _audit_totals(demo)
+    audit = Table(title="trade audit vs the exchange's GET /markets/trades (whole run)")
+    for col in ("windows done", "pending", "exchange trades", "live", "backfilled", "missing"):
+        audit.add_column(col, justify="right")
+    audit.add_column("uncovered book gaps", justify="right")
+    if totals:
+        audit.add_row(
+            *(
+                f"{totals[k]:.0f}"
+                for k in ("done", "pending", "exchange", "live", "backfilled", "missing")
+            ),
+            f"{totals['uncovered_gaps']:.0f}",
+        )
+    console.print(audit)
+    return exact and not totals.get("missing")
 
 
 def main(argv: list[str]) -> int:
@@ -369,6 +466,7 @@ def main(argv: list[str]) -> int:
         _start_simulator(demo, args)
         _start_gatherers(demo, gatherers)
         _start_dedup(demo, prod_dsn, gatherers)
+        audit_cfg = _setup_audit(demo)
         demo.started_at = time.monotonic()
         console.print(
             f"simulator REST {demo.sim_info.get('rest_url')}  admin "
@@ -381,6 +479,8 @@ def main(argv: list[str]) -> int:
         since_us = int((time.time() + args.warmup) * 1e6)
         prev: dict[str, dict[str, float]] = {}
         last = time.monotonic()
+        audit: subprocess.Popen[bytes] | None = None
+        next_audit = time.monotonic() + 10
         with Live(console=console, refresh_per_second=2) as live:
             while not stopping:
                 if args.duration and time.monotonic() - demo.started_at >= args.duration:
@@ -390,11 +490,20 @@ def main(argv: list[str]) -> int:
                     console.print(f"[red]stopped unexpectedly: {dead}; see {workdir / 'logs'}")
                     break
                 now = time.monotonic()
+                if now >= next_audit and (audit is None or audit.poll() is not None):
+                    audit = _run_audit(demo, audit_cfg)  # closed 1-min windows, in the background
+                    next_audit = now + 20
                 live.update(_view(demo, prev, now - last))
                 last = now
                 time.sleep(1.0)
-        console.print("stopping the simulator, then letting the deduplicator drain …")
+        console.print("pausing the simulator, letting the deduplicator drain, auditing …")
         until_us = int(time.time() * 1e6)
+        _admin_post(demo, "pause")
+        _wait_drained(demo, 60)
+        if audit is not None:
+            audit.wait(120)
+        # The simulator no longer trades: every window up to now can be closed and audited.
+        _run_audit(demo, audit_cfg, now=time.time() + AUDIT_WINDOW_S + 21).wait(300)
         demo.services[0].stop()
         _wait_drained(demo, 60)
         if until_us > since_us:

@@ -1,7 +1,8 @@
 # Least-privilege network paths:
 #   deduplicator -> gatherer PostgreSQL 5432, deduplicator -> RDS 5432, nothing else inbound
 #   (except scraping from monitoring_cidrs); every host egresses on 443 (Kalshi, AWS APIs, apt,
-#   PyPI) and DNS. The Amazon-provided resolver and time service (VPC+2, 169.254.169.123) are not
+#   PyPI) and DNS. The deduplicator host needs its 443 for the trade audit too (kalshi-audit.timer
+#   pages the exchange's GET /markets/trades, docs/audit.md). The Amazon-provided resolver and time service (VPC+2, 169.254.169.123) are not
 #   filtered by security groups; the DNS rules cover custom resolvers inside the VPC.
 
 resource "aws_security_group" "gatherer" {
@@ -81,7 +82,7 @@ locals {
 resource "aws_vpc_security_group_egress_rule" "https" {
   for_each          = local.host_sgs
   security_group_id = each.value
-  description       = "HTTPS: Kalshi API, AWS APIs, apt and PyPI"
+  description       = "HTTPS: Kalshi API (capture; trade audit on the dedup host), AWS APIs, apt, PyPI"
   ip_protocol       = "tcp"
   from_port         = 443
   to_port           = 443

@@ -1,6 +1,7 @@
 """The audit in-process against the simulator and a real production database: dry runs write
-nothing, an outage mid-window resumes from the watermark, and the order-book side of coverage
-(gap windows no gatherer covered, closed by the next snapshot) matches a run with known holes."""
+nothing, a 429 storm leaves the window pending, an outage mid-window resumes from the
+watermark, and the order-book side of coverage (gap windows no gatherer covered, closed by the
+next snapshot) matches a run with known holes."""
 
 from __future__ import annotations
 
@@ -102,6 +103,17 @@ async def test_dry_run_then_outage_mid_window_resumes_from_the_watermark(
     assert _count(fresh_db, "SELECT count(*) FROM trades") == 0
     assert _count(fresh_db, "SELECT count(*) FROM audit_windows") == 0
 
+    sim.rest.faults.pending_429 = 1000  # a 429 storm longer than the retry budget
+    stormed = await a.run_audit(cfg, now=now, since=start, until=start + 1)
+    assert not stormed.complete
+    assert stormed.pending_error is not None
+    assert "429" in stormed.pending_error
+    with psycopg.connect(fresh_db) as c:
+        assert c.execute("SELECT status, attempts, pages FROM audit_windows").fetchall() == [
+            ("pending", 1, 0)
+        ]
+    sim.rest.faults.pending_429 = 0
+
     conn = await a.connect(cfg)
     try:
         rest = _FailAfterFirstPage(
@@ -114,7 +126,9 @@ async def test_dry_run_then_outage_mid_window_resumes_from_the_watermark(
         await conn.close()
     with psycopg.connect(fresh_db) as c:
         status, pages, watermark, seen = c.execute(
-            "SELECT status, pages, watermark, exchange_trades FROM audit_windows"
+            "SELECT status, pages, watermark, exchange_trades FROM audit_windows "
+            "WHERE window_start = to_timestamp(%s)",
+            (start,),
         ).fetchone() or (None, None, None, None)
     assert status == "pending"
     assert pages == 1
@@ -195,3 +209,15 @@ async def test_uncovered_gap_windows_match_known_holes(sim: Simulator, fresh_db:
     # M-A: all three in a gap from 110 s (the last to start) to the snapshot at 120 s.
     # M-B: g3 had no gap there, so it covered. M-C: all three from 2000 s to the window end.
     assert rows == [("M-A", 1, 10.0, 0), ("M-C", 1, 1600.0, 0)]
+
+
+async def test_one_audit_run_at_a_time(sim: Simulator, fresh_db: str) -> None:
+    """While another session holds the audit's lock, a run plans and writes nothing."""
+    migrate(fresh_db, "production")
+    cfg = _cfg(fresh_db, sim.rest_url)
+    with psycopg.connect(fresh_db, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('kalshi_data.audit'))")
+        run = await a.run_audit(cfg, now=time.time())
+        assert not run.complete
+        assert run.pending_error == "another audit run holds the lock"
+        assert _count(fresh_db, "SELECT count(*) FROM audit_windows") == 0

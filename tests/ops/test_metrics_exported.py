@@ -65,6 +65,13 @@ def test_gatherer_and_dedup_export_everything_listed(tmp_path: Path) -> None:
     for fam in text_string_to_metric_families(textfile.read_text()):
         labels = set().union(*(set(s.labels) for s in fam.samples))
         exported[fam.name if fam.type != "counter" else f"{fam.name}_total"] = (fam.type, labels)
+    from kalshi_data.audit import render_metrics
+
+    audit_text = render_metrics(
+        missing_live=0, backfilled=0, missing_after=0, pending=0, lag_s=0.0, run_ts=0.0
+    )
+    for fam in text_string_to_metric_families(audit_text):
+        exported[fam.name if fam.type != "counter" else f"{fam.name}_total"] = (fam.type, set())
     listed = _listed()
     missing = sorted(set(listed) - set(exported))
     assert missing == [], f"listed in metrics.txt but not exported: {missing}"

@@ -19,7 +19,7 @@ DASHBOARDS = [MON / "grafana" / "gatherer.json", MON / "grafana" / "deduplicator
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Names Prometheus itself provides to PromQL.
 BUILTIN_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-METRIC_TOKEN = re.compile(r"\b(?:gatherer|dedup|export)_[a-z0-9_]+\b")
+METRIC_TOKEN = re.compile(r"\b(?:gatherer|dedup|export|audit)_[a-z0-9_]+\b")
 SEVERITIES = {"info", "warning", "critical"}
 
 
