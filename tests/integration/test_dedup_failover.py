@@ -14,7 +14,7 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,3 +273,63 @@ def test_production_kill9_chaos(chaos_rig: Rig, tmp_path: Path) -> None:
     )
     assert report.exits == 0
     assert len(report.resume_s) == 12
+
+
+async def test_errors_after_a_killed_server_mid_copy_are_retryable(pg_cluster: PgCluster) -> None:
+    """kill -9 of a real server during a streamed COPY inside a transaction: every error the
+    driver raises from then on (the COPY, the transaction's exit, the next statement) is
+    retryable; classify() alone for asyncpg's own types, and the deduplicator's verdict (an
+    error on a connection since lost) for uvloop's RuntimeError about the closed transport."""
+    import asyncio
+
+    import asyncpg
+
+    from deduplicator.sync import lost_connection_verdict
+    from kalshi_data.resilience import ErrorClass, classify
+
+    conn = await asyncpg.connect(pg_cluster.dsn(), timeout=5)
+    await conn.execute("CREATE TABLE t (x bytea)")
+    sent = asyncio.Event()
+
+    async def rows() -> AsyncIterator[bytes]:
+        for _ in range(2000):  # ends once the server is gone (and after 10 s at most)
+            yield b"\\\\x00\n" * 4096
+            sent.set()
+            await asyncio.sleep(0.005)
+            if conn.is_closed():
+                return
+
+    errors: list[BaseException] = []
+    try:
+        try:
+            async with conn.transaction():
+                copy = asyncio.ensure_future(conn.copy_to_table("t", source=rows()))
+                await asyncio.wait_for(sent.wait(), 10)
+                await asyncio.to_thread(pg_cluster.kill9)
+                try:
+                    await copy
+                except Exception as exc:
+                    errors.append(exc)
+        except Exception as exc:
+            errors.append(exc)
+        try:
+            await conn.execute("SELECT 1")
+        except Exception as exc:
+            errors.append(exc)
+        lost = conn.is_closed()  # by the server's death, not by us
+    finally:
+        conn.terminate()
+    assert lost
+    assert len(errors) == 3, errors
+    for err in errors:
+        assert lost_connection_verdict(err, conn) is ErrorClass.RETRYABLE, repr(err)
+        if isinstance(err, asyncpg.InterfaceError | asyncpg.InternalClientError):
+            assert classify(err) is ErrorClass.RETRYABLE, repr(err)
+    assert any(isinstance(e, asyncpg.InterfaceError) for e in errors), errors
+    # A connection that never existed (bad password) stays permanent under the same rule.
+    await asyncio.to_thread(pg_cluster.start)
+    bad = await asyncio.gather(
+        asyncpg.connect(pg_cluster.dsn(password="wrong-pw"), timeout=5), return_exceptions=True
+    )
+    assert isinstance(bad[0], BaseException)
+    assert lost_connection_verdict(bad[0], None) is ErrorClass.PERMANENT
