@@ -228,6 +228,7 @@ def _crash_run(
                 report.exits += alive.count(False)
                 assert all(alive), [p.output()[-3000:] for p in procs]
         n = rig.fed = feeder.stop()
+        print(f"\n{instances} deduplicator(s): {report.summary()} rows={n}")
         wait_for(lambda: _exactly_once(topo, n), 120, "production equal to the truth")
         for p in procs:
             assert p.proc is not None
@@ -245,7 +246,6 @@ def _crash_run(
     assert set(trades) == expected_trades(0, n - 1)
     assert set(trades.values()) == {1}
     assert production_deltas(topo) == expected_deltas(0, n - 1)
-    print(f"\n{instances} deduplicator(s): {report.summary()} rows={n}")
     return report
 
 
