@@ -24,9 +24,9 @@ from deduplicator.errors import FatalError
 from deduplicator.lease import LeaseState
 from deduplicator.metrics import DedupMetrics
 from deduplicator.seen import SeenIdentities
-from deduplicator.sync import GathererSync
+from deduplicator.sync import GathererSync, lost_connection_verdict
 from kalshi_data.httpserver import HealthServer
-from kalshi_data.resilience import Backoff, ErrorClass, classify
+from kalshi_data.resilience import Backoff, ErrorClass
 from kalshi_data.tables import SYNCED_TABLES
 
 log = logging.getLogger("deduplicator")
@@ -116,12 +116,7 @@ class Deduplicator:
         while not self.stop.is_set():
             try:
                 if self._lease_conn is None or self._lease_conn.is_closed():
-                    self._lease_conn = await sink.connect(
-                        self.cfg.production.dsn.reveal(),
-                        timeout_s=self.cfg.production.connect_timeout_s,
-                        statement_timeout_s=self.cfg.production.statement_timeout_s,
-                        instance=f"{self.cfg.instance_id}-lease",
-                    )
+                    self._lease_conn = await self._connect("lease")
                 conn = self._lease_conn
                 self._production_ok = True
                 if not self.lease.leader:
@@ -143,10 +138,11 @@ class Deduplicator:
                 raise
             except Exception as exc:
                 self._production_ok = False
+                lost = self._lease_conn
                 if self._lease_conn is not None:
                     self._lease_conn.terminate()
                     self._lease_conn = None
-                if classify(exc) is ErrorClass.PERMANENT:
+                if lost_connection_verdict(exc, lost) is ErrorClass.PERMANENT:
                     self._fatal = FatalError(
                         f"permanent error from production: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}"
@@ -204,19 +200,43 @@ class Deduplicator:
 
     # ------------------------------------------------------------------ periodic
     async def _periodic(self) -> None:
+        """Lag gauges every second; uncovered gaps every 10 s while leading, on a connection of
+        its own (it once borrowed the lease connection, and two tasks on one asyncpg connection
+        is what broke after a production crash: issue 16)."""
         tick = 0
-        while not self.stop.is_set():
-            now = time.time()
-            for s in self.syncs:
-                s.publish_lag(now)
-            if self.lease.leader and tick % 10 == 0 and self._lease_conn is not None:
-                with contextlib.suppress(Exception):
-                    rows = await self._lease_conn.fetch(UNCOVERED_GAPS)
-                    counts = {r[0]: int(r[1]) for r in rows}
-                    for s in self.syncs:
-                        self.metrics.uncovered_gaps.labels(s.src.id).set(counts.get(s.src.id, 0))
-            tick += 1
-            await self._sleep(1.0)
+        conn: asyncpg.Connection | None = None
+        try:
+            while not self.stop.is_set():
+                now = time.time()
+                for s in self.syncs:
+                    s.publish_lag(now)
+                if self.lease.leader and tick % 10 == 0:
+                    try:
+                        if conn is None or conn.is_closed():
+                            conn = await self._connect("monitor")
+                        rows = await conn.fetch(UNCOVERED_GAPS)
+                        counts = {r[0]: int(r[1]) for r in rows}
+                        for s in self.syncs:
+                            gauge = self.metrics.uncovered_gaps.labels(s.src.id)
+                            gauge.set(counts.get(s.src.id, 0))
+                    except Exception:  # a gauge: production trouble is reported by the others
+                        if conn is not None:
+                            conn.terminate()
+                        conn = None
+                tick += 1
+                await self._sleep(1.0)
+        finally:
+            if conn is not None:
+                conn.terminate()
+
+    async def _connect(self, role: str) -> asyncpg.Connection:
+        """A production connection for one owner (``role`` names it in pg_stat_activity)."""
+        return await sink.connect(
+            self.cfg.production.dsn.reveal(),
+            timeout_s=self.cfg.production.connect_timeout_s,
+            statement_timeout_s=self.cfg.production.statement_timeout_s,
+            instance=f"{self.cfg.instance_id}-{role}",
+        )
 
     # ------------------------------------------------------------------ main
     async def run(self) -> int:
@@ -240,18 +260,22 @@ class Deduplicator:
         finally:
             was_leader = self.lease.leader
             await self._step_down()
-            if was_leader and self._lease_conn is not None and not self._lease_conn.is_closed():
-                with contextlib.suppress(Exception):
-                    self.lease.leader = True  # release needs our epoch
-                    await lease_mod.release(self._lease_conn, self.lease)
-            self.lease.leader = False
+            # The lease loop owns the lease connection: end it (it stops by itself once `stop`
+            # is set, unless stuck connecting) before this task uses that connection.
+            await asyncio.wait(background, timeout=2.0)
             for t in background:
                 t.cancel()
             for t in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            if was_leader and self._lease_conn is not None and not self._lease_conn.is_closed():
+                with contextlib.suppress(Exception):
+                    self.lease.leader = True  # release needs our epoch
+                    await lease_mod.release(self._lease_conn, self.lease)
+            self.lease.leader = False
             if self._lease_conn is not None:
-                await self._lease_conn.close()
+                with contextlib.suppress(Exception):
+                    await self._lease_conn.close(timeout=5)
             await self.http.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -150,10 +150,11 @@ async def _copy_direct(
     them was already there (the savepoint is rolled back)."""
     pipe = open_pipe(True)
     try:
+        data = await _read_all(pipe)
         async with conn.transaction():
             status = await conn.copy_to_table(
                 spec.name,
-                source=pipe.chunks(),
+                source=data,
                 format="binary",
                 columns=[*spec.column_names, "gatherer_id"],
             )
@@ -170,12 +171,13 @@ async def _stage_and_insert(
     """COPY into the staging table, then insert what production lacks: (inserted, touched,
     newest received_at of the staged rows)."""
     try:
+        data = await _read_all(pipe)
         # Every time: a cache of "already created" keyed by connection was wrong after a
         # reconnect (a new connection object can reuse the old one's id()).
         await conn.execute(sql.create_stage(spec))
         await conn.copy_to_table(
             sql.stage_name(spec),
-            source=pipe.chunks(),
+            source=data,
             format="binary",
             columns=list(spec.column_names),
         )
@@ -189,3 +191,20 @@ async def _stage_and_insert(
         status = await conn.execute(sql.clear_suspect(spec), gatherer)
         touched += int(status.rsplit(" ", 1)[-1])
     return inserted, touched, None if newest is None else float(newest)
+
+
+async def _read_all(pipe: CopyPipe) -> memoryview:
+    """The whole batch as binary COPY data, read from the gatherer before production's COPY.
+
+    Why not stream it through (as before): ``copy_to_table`` with an async iterator waits for
+    each chunk while its result future is already out. When the server dies in that wait,
+    asyncpg fails the future, then writes the next chunk (or CopyFail) to the closed transport;
+    under uvloop that write raises, the future is never awaited, and asyncio logs "Future
+    exception was never retrieved" (issue 16). With the data in hand, asyncpg writes the
+    COPY statement, the data and CopyDone without yielding to the event loop, then awaits the
+    result: a loss can only surface in that await. Memory is bounded by the batch limits
+    (``batch_rows``, ``batch_bytes``); the cost is that the gatherer read and the production
+    write of one batch no longer overlap.
+    """
+    # A memoryview, not bytes: copy_to_table takes bytes for a file name (os.fspath).
+    return memoryview(b"".join([chunk async for chunk in pipe.chunks()]))

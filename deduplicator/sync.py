@@ -8,6 +8,7 @@ up at full speed when it returns (batches back to back until nothing is pending)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -189,8 +190,8 @@ class GathererSync:
 
     async def _failed(self, exc: BaseException) -> None:
         cause = exc.__cause__ if isinstance(exc, SourceError) and exc.__cause__ else exc
-        kind = classify(cause)
         where = "gatherer" if isinstance(exc, SourceError) else "production"
+        kind = lost_connection_verdict(cause, self._gconn if where == "gatherer" else self._pconn)
         self.status.last_error = f"{where}: {type(cause).__name__}"
         if kind is ErrorClass.PERMANENT:
             await self.close()
@@ -451,12 +452,21 @@ class GathererSync:
             ahead = None
             if spec.name not in self._ahead and bounds.rows >= self.cfg.batch_rows:
                 ahead = asyncio.create_task(self._read_ahead(gconn, spec, bounds, horizon))
-            await asyncio.wait(
-                [asyncio.ensure_future(c.done.wait()) for c in found.wait_for],
-                timeout=CLAIM_WAIT_S,
-            )
-            if ahead is not None:
-                await ahead  # the connection must be free again before the merge uses it
+            waiters = [asyncio.ensure_future(c.done.wait()) for c in found.wait_for]
+            try:
+                await asyncio.wait(waiters, timeout=CLAIM_WAIT_S)
+                if ahead is not None:
+                    await ahead  # the connection must be free again before the merge uses it
+            finally:
+                # Never leave a sub-task behind (cancelled, or the read-ahead failed): the
+                # read-ahead would go on using the gatherer connection, and a failed task that
+                # nobody awaits is "Task exception was never retrieved".
+                for w in waiters:
+                    w.cancel()
+                if ahead is not None and not ahead.done():
+                    ahead.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await ahead
             found = self.seen.filter(spec.name, batch.keys, wait=waited < CLAIM_WAITS)
         missing = found.missing
         staged = [batch.keys[i] for i in missing]
@@ -500,6 +510,18 @@ class GathererSync:
                     max(0.0, now - progress.fresh_until)
                 )
             self.metrics.backlog.labels(self.src.id, name).set(progress.backlog)
+
+
+def lost_connection_verdict(exc: BaseException, conn: asyncpg.Connection | None) -> ErrorClass:
+    """:func:`classify`, except that an error raised on a connection that has since been lost is
+    retryable: the loss is the fault, whatever the driver made of it (under uvloop a COPY into a
+    connection the server dropped fails with a ``RuntimeError`` about the closed transport).
+    Permanent errors at connect time (authentication, missing database) have no connection yet
+    and stay permanent; so does bad SQL, which leaves the connection open."""
+    kind = classify(exc)
+    if kind is ErrorClass.PERMANENT and conn is not None and conn.is_closed():
+        return ErrorClass.RETRYABLE
+    return kind
 
 
 def pipe_failed_on_source(exc: BaseException, gconn: asyncpg.Connection) -> bool:

@@ -127,6 +127,14 @@ def _asyncpg_verdict(exc: BaseException) -> ErrorClass | None:
     return None
 
 
+def _client_state_error(exc: BaseException) -> bool:
+    """asyncpg's protocol state machine is out of step with the socket ("cannot switch to
+    state 15; another operation (2) is in progress"): what it raises when the server's FATAL
+    arrived between two statements and the connection loss is not processed yet (issue 16)."""
+    asyncpg = _module("asyncpg")
+    return asyncpg is not None and isinstance(exc, asyncpg.InternalClientError)
+
+
 def _aiohttp_verdict(exc: BaseException) -> ErrorClass | None:
     aiohttp = _module("aiohttp")
     if aiohttp is None or not isinstance(exc, aiohttp.ClientError):
@@ -183,7 +191,8 @@ def classify(exc: BaseException) -> ErrorClass:
     Order: our own :class:`TransientError`/:class:`PermanentError`; a SQLSTATE on the exception
     (``exc.sqlstate``); the driver's exception type (psycopg, asyncpg, aiohttp, websockets,
     ``OSError``/``TimeoutError``); else the ``__cause__`` (or unsuppressed ``__context__``)
-    chain. Message text is never read.
+    chain. Message text is never read. An asyncpg ``InternalClientError`` (client-side protocol
+    state after a connection loss) with nothing conclusive in its chain is retryable.
 
     Args:
         exc: The exception to judge.
@@ -193,9 +202,11 @@ def classify(exc: BaseException) -> ErrorClass:
         the fault is passing).
     """
     seen: set[int] = set()
+    client_state = False
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        client_state = client_state or _client_state_error(current)
         verdict = _classify_one(current)
         if verdict is not None:
             return verdict
@@ -206,7 +217,9 @@ def classify(exc: BaseException) -> ErrorClass:
         current = current.__cause__ or (
             None if current.__suppress_context__ else current.__context__
         )
-    return ErrorClass.PERMANENT
+    # A client-side state error with nothing permanent behind it: the connection broke under
+    # the driver. It is unusable, and a fresh one is the cure.
+    return ErrorClass.RETRYABLE if client_state else ErrorClass.PERMANENT
 
 
 # ----------------------------------------------------------------------------------- backoff

@@ -110,12 +110,17 @@ def test_classify_by_type_never_by_text() -> None:
 
 
 def test_classify_driver_types() -> None:
-    """asyncpg closed-connection and failover errors retry; its client-side bugs do not."""
+    """asyncpg closed-connection, client-state and failover errors retry; client misuse does not."""
     assert classify(asyncpg.InterfaceError("connection is closed")) is R
     assert classify(asyncpg.exceptions.ConnectionDoesNotExistError("gone")) is R
     assert classify(asyncpg.TargetServerAttributeNotMatched("no writer yet")) is R
     assert classify(asyncpg.exceptions.DataError("bad argument")) is P
-    assert classify(asyncpg.exceptions.InternalClientError("bug")) is P
+    # Client-side protocol state after a connection loss (issue 16): retry on a fresh
+    # connection; with a permanent error behind it, that error decides.
+    assert classify(asyncpg.exceptions.InternalClientError("cannot switch to state 15")) is R
+    behind = asyncpg.exceptions.InternalClientError("cannot switch to state 15")
+    behind.__context__ = asyncpg.exceptions.UndefinedTableError("no such table")
+    assert classify(behind) is P
 
 
 def test_classify_aiohttp() -> None:
