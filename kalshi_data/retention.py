@@ -5,6 +5,12 @@ deduplicator has not read yet (reliability-notes G6), so the gatherer schema has
 drops a partition (native) or chunk (hypertable) older than ``--keep`` only when no row in it is
 above the production cursor of that gatherer and table, and only when the cursor belongs to this
 very cluster (same system identifier): a cursor of another cluster proves nothing.
+
+Each candidate is locked (ACCESS EXCLUSIVE, which DROP takes anyway) before its rows are checked,
+in the transaction that drops it, so no row can reach it between the check and the drop. A
+compressed TimescaleDB chunk is read through TimescaleDB (the check skips its batches below the
+cursor by their metadata); a server that does not preload the extension would show it empty, so
+such a database is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from kalshi_data.dbcheck import check_timescale_preload
+from kalshi_data.errors import PermanentError
 from kalshi_data.restore import parse_duration
 from kalshi_data.tables import TIMESERIES_TABLES
 
@@ -86,6 +94,7 @@ async def run_retention(
     prod = await asyncpg.connect(production_dsn, timeout=10)
     decisions: list[Decision] = []
     try:
+        await check_timescale_preload(gath, "gatherer database")
         sysid = str(await gath.fetchval("SELECT system_identifier::text FROM pg_control_system()"))
         for spec in TIMESERIES_TABLES:
             last_xid, last_id, cursor_sysid = await _cursor(prod, gatherer_id, spec.name)
@@ -95,19 +104,22 @@ async def run_retention(
                     f"this database is {sysid}: refusing to drop anything"
                 )
             for part in await _old_partitions(gath, spec.name, before):
-                unsynced = await gath.fetchval(
-                    f"SELECT EXISTS (SELECT 1 FROM {part} WHERE (ingest_xid, ingest_id) > "
-                    "($1::text::xid8, $2::bigint))",
-                    str(last_xid),
-                    last_id,
-                )
-                if unsynced:
-                    decisions.append(Decision(spec.name, part, "kept: unsynced rows"))
-                elif dry_run:
-                    decisions.append(Decision(spec.name, part, "would drop"))
-                else:
-                    await gath.execute(f"DROP TABLE {part}")
-                    decisions.append(Decision(spec.name, part, "dropped"))
+                async with gath.transaction():
+                    if not dry_run:
+                        await gath.execute(f"LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE")
+                    unsynced = await gath.fetchval(
+                        f"SELECT EXISTS (SELECT 1 FROM {part} WHERE (ingest_xid, ingest_id) > "
+                        "($1::text::xid8, $2::bigint) AND ingest_xid >= $1::text::xid8)",
+                        str(last_xid),
+                        last_id,
+                    )
+                    if unsynced:
+                        decisions.append(Decision(spec.name, part, "kept: unsynced rows"))
+                    elif dry_run:
+                        decisions.append(Decision(spec.name, part, "would drop"))
+                    else:
+                        await gath.execute(f"DROP TABLE {part}")
+                        decisions.append(Decision(spec.name, part, "dropped"))
     finally:
         await gath.close()
         await prod.close()
@@ -134,7 +146,7 @@ def main(argv: list[str]) -> int:
                 dry_run=args.dry_run,
             )
         )
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, PermanentError) as exc:
         print(f"kalshi-data retention: {exc}", file=sys.stderr)
         return 2
     for d in decisions:
