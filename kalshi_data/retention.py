@@ -57,7 +57,9 @@ async def _old_partitions(gath: asyncpg.Connection, table: str, before: datetime
     )
     if timescale:
         rows = await gath.fetch(
-            "SELECT c::text FROM show_chunks($1::regclass, older_than => $2) AS c", table, before
+            "SELECT c::text FROM show_chunks($1::regclass, older_than => $2::timestamptz) AS c",
+            table,
+            before,
         )
         return [str(r[0]) for r in rows]
     rows = await gath.fetch(
