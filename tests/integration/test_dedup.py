@@ -114,7 +114,6 @@ async def test_suspect_rows_used_only_without_a_clean_copy(topo: Topology) -> No
         await await_for(lambda: flags() == {False: 50, True: 50}, 30, "suspect flags settled")
 
 
-@pytest.mark.both_backends
 async def test_cursor_never_skips_slow_or_concurrent_commits(topo: Topology) -> None:
     """Concurrent writers, a slow transaction committing after later ones, equal timestamps on
     batch boundaries: no row skipped, none doubled."""
