@@ -25,6 +25,15 @@ from kalshi_data.tables import TableSpec
 CURSOR_SELECT = "ingest_xid::text::bigint, ingest_id"
 
 
+#: The cursor bounds repeated on ``ingest_xid`` alone (the row comparisons imply them). On a
+#: TimescaleDB hypertable a compressed chunk has no b-tree index; a bound on a plain column is
+#: tested against each compressed batch's min/max metadata (the chunks are ordered by the
+#: cursor, gatherer migration 0007), so batches outside the range are skipped, not decompressed.
+#: A row comparison cannot be. On plain tables the index condition simply carries both.
+XID_AFTER = " AND ingest_xid >= $1::text::xid8"
+XID_UPTO = " AND ingest_xid <= $3::text::xid8"
+
+
 def horizon_query() -> str:
     """One statement: the xid below which every transaction has completed."""
     return "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
@@ -47,8 +56,9 @@ def batch_end_query(spec: TableSpec) -> str:
     running sum of row sizes so one batch never exceeds ``$5`` bytes (at least one row).
     """
     pending = (
-        f"FROM {spec.name} t WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint) "
-        "AND ingest_xid < $3::text::xid8 ORDER BY ingest_xid, ingest_id LIMIT $4::bigint"
+        f"FROM {spec.name} t WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint)"
+        f"{XID_AFTER} AND ingest_xid < $3::text::xid8 ORDER BY ingest_xid, ingest_id "
+        "LIMIT $4::bigint"
     )
     # Fixed-width rows: the size column is constant, so $5 is referenced but the row bound
     # (and an index-only scan) decides; both shapes take the same parameters.
@@ -80,7 +90,7 @@ def copy_out_query(spec: TableSpec, *, only_ids: bool = False, gatherer: bool = 
     return (
         f"SELECT {cols}{extra} FROM {spec.name} "
         "WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint) "
-        f"AND (ingest_xid, ingest_id) <= ($3::text::xid8, $4::bigint){ids}"
+        f"AND (ingest_xid, ingest_id) <= ($3::text::xid8, $4::bigint){XID_AFTER}{XID_UPTO}{ids}"
     )
 
 
@@ -226,7 +236,7 @@ def keyed_batch_query(spec: TableSpec) -> str:
     return (
         f"WITH b AS MATERIALIZED (SELECT ingest_xid, ingest_id,{suspect} received_at, "
         f"{identity_key_expr(spec)} AS key FROM {spec.name} "
-        "WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint) "
+        f"WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint){XID_AFTER} "
         "AND ingest_xid < $3::text::xid8 ORDER BY ingest_xid, ingest_id LIMIT $4::bigint), "
         "e AS (SELECT max(ingest_xid) AS x FROM b) "
         "SELECT (SELECT x::text::bigint FROM e), "
@@ -245,7 +255,7 @@ def range_keys_query(spec: TableSpec) -> str:
         f"coalesce(array_agg({identity_key_expr(spec)}), '{{}}'), {_suspect_ids(spec)}, "
         f"extract(epoch FROM max(received_at))::float8 FROM {spec.name} "
         "WHERE (ingest_xid, ingest_id) > ($1::text::xid8, $2::bigint) "
-        "AND (ingest_xid, ingest_id) <= ($3::text::xid8, $4::bigint)"
+        f"AND (ingest_xid, ingest_id) <= ($3::text::xid8, $4::bigint){XID_AFTER}{XID_UPTO}"
     )
 
 

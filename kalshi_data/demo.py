@@ -105,14 +105,22 @@ def _python() -> str:
 
 
 def _setup_databases(
-    demo: Demo, n_gatherers: int, prod_settings: dict[str, str] | None = None
+    demo: Demo,
+    n_gatherers: int,
+    prod_settings: dict[str, str] | None = None,
+    *,
+    timescaledb: bool = False,
 ) -> tuple[str, list[dict[str, str]]]:
-    """Clusters, migrations and users; returns the dedup's production DSN file and gatherer DSNs."""
+    """Clusters, migrations and users; returns the dedup's production DSN file and gatherer DSNs.
+    With ``timescaledb``, the gatherer clusters preload TimescaleDB (production never does)."""
     console.print("[bold]starting PostgreSQL clusters[/] (production + one per gatherer)")
     names = ["production", *[f"g{i + 1}" for i in range(n_gatherers)]]
     for name in names:
         cluster = PgCluster(demo.workdir / "pg" / name)
-        cluster.init(prod_settings if name == "production" else None)
+        if name == "production":
+            cluster.init(prod_settings)
+        else:
+            cluster.init(timescaledb=timescaledb)
         cluster.start()
         demo.clusters[name] = cluster
     prod = demo.clusters["production"]

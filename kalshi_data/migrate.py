@@ -25,6 +25,13 @@ from typing import Literal
 
 import psycopg
 
+from kalshi_data.dbcheck import (
+    HAS_STATUS_QUERY,
+    STATUS_QUERY,
+    STATUS_QUERY_UNMIGRATED,
+    not_preloaded_message,
+)
+
 Target = Literal["gatherer", "production"]
 TARGETS: tuple[Target, ...] = ("gatherer", "production")
 #: pg_advisory_lock key: hashtext('kalshi_data.migrate') computed once, fixed forever.
@@ -105,12 +112,24 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+def _check_preload(conn: psycopg.Connection[tuple[object, ...]], target: Target) -> None:
+    """Refuse a database whose timescaledb extension the server does not preload: DDL on its
+    hypertables would run without TimescaleDB's hooks (DESIGN.md §3a)."""
+    has_status = conn.execute(HAS_STATUS_QUERY).fetchone()
+    row = conn.execute(
+        STATUS_QUERY if has_status and has_status[0] else STATUS_QUERY_UNMIGRATED
+    ).fetchone()
+    if row is not None and row[0] and not row[1]:
+        raise MigrationError(not_preloaded_message(f"migrate {target}"))
+
+
 def migrate(dsn: str, target: Target, *, base: Path | None = None) -> list[str]:
     """Apply pending migrations of ``target``; return the names applied (empty when current).
 
     Raises:
         MigrationError: an applied file was edited, the database belongs to the other target,
-            or a file failed (its transaction is rolled back; earlier files stay applied).
+            its timescaledb extension is installed but not preloaded, or a file failed (its
+            transaction is rolled back; earlier files stay applied).
     """
     if target not in TARGETS:
         raise MigrationError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
@@ -119,6 +138,7 @@ def migrate(dsn: str, target: Target, *, base: Path | None = None) -> list[str]:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
+            _check_preload(conn, target)
             conn.execute(_BOOTSTRAP)
             rows = conn.execute(
                 "SELECT version, name, target, checksum FROM schema_migrations"

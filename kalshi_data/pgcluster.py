@@ -269,17 +269,24 @@ class PgCluster:
     def start(self, timeout_s: int = 60) -> PgCluster:
         """Start the server and wait until it accepts connections; returns self."""
         _REGISTRY[self.base] = self
-        self._cmd(
-            "pg_ctl",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.logfile),
-            "-w",
-            "-t",
-            str(timeout_s),
-            "start",
-        )
+        try:
+            self._cmd(
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                str(timeout_s),
+                "start",
+            )
+        except PgClusterError as exc:
+            try:
+                tail = "\n".join(self.logfile.read_text(errors="replace").splitlines()[-15:])
+            except OSError:
+                tail = "(no server log)"
+            raise PgClusterError(f"{exc}\nserver log:\n{tail}") from None
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -316,6 +323,11 @@ class PgCluster:
         pid = self.pid
         if pid is None:
             return
+        # Freeze the postmaster first: it forks backends and (with TimescaleDB) background
+        # workers all the time, and a child forked after the list below was taken would survive,
+        # holding the shared memory that the next start then refuses to reuse.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
         victims = [pid, *_children(pid)]
         for p in victims:
             with contextlib.suppress(ProcessLookupError):

@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from kalshi_data.copypipe import CopyPipe
+from kalshi_data.dbcheck import check_timescale_preload
+from kalshi_data.errors import PermanentError
 from kalshi_data.tables import (
     EVENTS,
     LIFECYCLE_EVENTS,
@@ -69,6 +71,8 @@ async def restore(
     gath = await asyncpg.connect(gatherer_dsn, timeout=10)
     inserted: dict[str, int] = {}
     try:
+        # Into a hypertable on a server without the preload, the rows would vanish.
+        await check_timescale_preload(gath, "gatherer database")
         await gath.execute("SELECT kd_ensure_partitions($1, 7)", max(2, since.days + 1))
         for spec in RESTORED:
             stage = f"kd_restore_{spec.name}"
@@ -109,7 +113,11 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"kalshi-data restore-gatherer: {exc}", file=sys.stderr)
         return 2
-    counts = asyncio.run(restore(args.production_dsn, args.gatherer_dsn, window))
+    try:
+        counts = asyncio.run(restore(args.production_dsn, args.gatherer_dsn, window))
+    except PermanentError as exc:
+        print(f"kalshi-data restore-gatherer: {exc}", file=sys.stderr)
+        return 2
     for table, n in counts.items():
         print(f"{table}: {n} rows restored")
     return 0

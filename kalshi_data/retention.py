@@ -5,6 +5,12 @@ deduplicator has not read yet (reliability-notes G6), so the gatherer schema has
 drops a partition (native) or chunk (hypertable) older than ``--keep`` only when no row in it is
 above the production cursor of that gatherer and table, and only when the cursor belongs to this
 very cluster (same system identifier): a cursor of another cluster proves nothing.
+
+Each candidate is locked (ACCESS EXCLUSIVE, which DROP takes anyway) before its rows are checked,
+in the transaction that drops it, so no row can reach it between the check and the drop. A
+compressed TimescaleDB chunk is read through TimescaleDB (the check skips its batches below the
+cursor by their metadata); a server that does not preload the extension would show it empty, so
+such a database is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from kalshi_data.config import resolve_secret
-from kalshi_data.errors import ConfigError
+from kalshi_data.dbcheck import check_timescale_preload
+from kalshi_data.errors import ConfigError, PermanentError
 from kalshi_data.restore import parse_duration
 from kalshi_data.tables import TIMESERIES_TABLES
 
@@ -90,6 +97,7 @@ async def run_retention(
     prod = await asyncpg.connect(production_dsn, timeout=10)
     decisions: list[Decision] = []
     try:
+        await check_timescale_preload(gath, "gatherer database")
         sysid = str(await gath.fetchval("SELECT system_identifier::text FROM pg_control_system()"))
         for spec in TIMESERIES_TABLES:
             last_xid, last_id, cursor_sysid = await _cursor(prod, gatherer_id, spec.name)
@@ -147,7 +155,7 @@ def main(argv: list[str]) -> int:
                 dry_run=args.dry_run,
             )
         )
-    except (ValueError, RuntimeError, ConfigError, asyncpg.PostgresError) as exc:
+    except (ValueError, RuntimeError, ConfigError, PermanentError, asyncpg.PostgresError) as exc:
         print(f"kalshi-data retention: {exc}", file=sys.stderr)
         return 2
     for d in decisions:

@@ -106,13 +106,16 @@ class Topology:
         return cfg
 
 
-def build_topology(template: PgCluster, n_gatherers: int = 3) -> Topology:
-    """Start and migrate a production cluster and ``n_gatherers`` gatherer clusters."""
+def build_topology(
+    template: PgCluster, n_gatherers: int = 3, gatherer_template: PgCluster | None = None
+) -> Topology:
+    """Start and migrate a production cluster and ``n_gatherers`` gatherer clusters (copied from
+    ``gatherer_template`` when given, e.g. one that preloads TimescaleDB)."""
     clusters: list[PgCluster] = []
     try:
-        for _ in range(n_gatherers + 1):
+        for i in range(n_gatherers + 1):
             c = PgCluster(Path(tempfile.mkdtemp(prefix="kd-dd-")))
-            c.clone_from(template)
+            c.clone_from(template if i == 0 else (gatherer_template or template))
             c.start()
             clusters.append(c)
         prod, gathers = clusters[0], clusters[1:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from tests.integration.gatherer_support import (
     assert_truth,
@@ -15,6 +16,8 @@ from tests.integration.gatherer_support import (
     subscribed,
     wait_for,
 )
+
+pytestmark = pytest.mark.both_backends
 
 
 async def test_capture_equals_truth(fresh_db, tmp_path):

@@ -20,6 +20,8 @@ from tests.integration.gatherer_support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.both_backends
+
 
 async def _crash_run(cluster: PgCluster, tmp_path, *, outage_s: float, rate: float) -> None:
     dsn = gatherer_db(cluster.create_database("g1"))

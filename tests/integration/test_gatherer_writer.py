@@ -178,6 +178,11 @@ ALL_TYPES: dict[str, list[tuple[Any, ...]]] = {
 
 
 # --------------------------------------------------------------------------- tests
+# Tests marked both_backends also run on TimescaleDB (hypertables): the table contract, the
+# 23505 -> staging path and spool replays, bad rows, a crash, and the stop-while-down spool. The
+# spool file format tests (torn tail, corrupt record), the memory bound and the password check
+# do not depend on the table backend and run once.
+@pytest.mark.both_backends
 async def test_rows_written_exactly_once_every_table(pg_cluster: PgCluster, tmp_path: Path) -> None:
     """Every table and column type round-trips through COPY exactly once (least-privilege role)."""
     admin, dsn = _gatherer_db(pg_cluster)
@@ -207,6 +212,7 @@ async def test_rows_written_exactly_once_every_table(pg_cluster: PgCluster, tmp_
     ]
 
 
+@pytest.mark.both_backends
 async def test_duplicates_and_replayed_batches_store_nothing_twice(
     pg_cluster: PgCluster, tmp_path: Path
 ) -> None:
@@ -240,6 +246,7 @@ async def test_duplicates_and_replayed_batches_store_nothing_twice(
     assert _value(metrics, "gatherer_rows_written_total", table="trades") == 50
 
 
+@pytest.mark.both_backends
 async def test_check_violation_goes_to_dead_letters_rest_commits(
     pg_cluster: PgCluster, tmp_path: Path
 ) -> None:
@@ -341,6 +348,7 @@ async def _kill_during_stream(pg_cluster: PgCluster, tmp_path: Path, down_s: flo
         assert got == want, table
 
 
+@pytest.mark.both_backends
 async def test_kill9_during_stream_loses_nothing(pg_cluster: PgCluster, tmp_path: Path) -> None:
     """PostgreSQL SIGKILLed for ~5 s mid-stream: every row present exactly once, spool emptied."""
     await _kill_during_stream(pg_cluster, tmp_path, down_s=5)
@@ -414,6 +422,7 @@ async def test_torn_spool_tail_ignored_complete_records_replayed(
     assert _segments(spool_dir) == []
 
 
+@pytest.mark.both_backends
 async def test_stop_with_db_down_spools_and_next_writer_replays(
     pg_cluster: PgCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -241,7 +241,7 @@ def test_database_with_the_old_0004_migrates_on(fresh_db: str, tmp_path: Path) -
     checksum = hashlib.sha256(OLD_0004.read_bytes()).hexdigest()
     assert checksum in ACCEPTED_CHECKSUMS[("gatherer", "0004")]
     assert ("trades", "trade_id") in _writer_column_grants(fresh_db)
-    assert migrate(fresh_db, "gatherer") == ["0007_timescale_grants.sql"]
+    assert migrate(fresh_db, "gatherer") == ["0007_timescale.sql"]
     assert _writer_column_grants(fresh_db) == []
     assert migrate(fresh_db, "gatherer") == []
     # only the listed checksum is accepted: a database that recorded any other is refused

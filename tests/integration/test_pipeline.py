@@ -59,15 +59,19 @@ def _sub(conns: list[dict[str, Any]], ids: set[int], channel: str) -> tuple[int,
     raise AssertionError(f"no {channel} subscription among connections {ids}")
 
 
-def test_different_holes_and_a_killed_deduplicator() -> None:
+@pytest.mark.both_backends
+def test_different_holes_and_a_killed_deduplicator(gatherer_backend: str) -> None:
     """Gap on g1, dropped connection on g2, error 25 + malformed frame on g3, kill -9 of the
-    deduplicator: production equals the truth file, row for row, nothing doubled."""
+    deduplicator: production equals the truth file, row for row, nothing doubled (gatherers on
+    plain PostgreSQL, then on TimescaleDB)."""
     # Not tmp_path: a concurrent pytest session may prune old basetemp folders under it.
     demo = d.Demo(Path(tempfile.mkdtemp(prefix="kd-pipeline-")))
     (demo.workdir / "logs").mkdir(parents=True)
     args = argparse.Namespace(seed=5, markets=120, rate=600)
     try:
-        prod_dsn, gatherers = d._setup_databases(demo, 3)
+        prod_dsn, gatherers = d._setup_databases(
+            demo, 3, timescaledb=gatherer_backend == "timescaledb"
+        )
         d._start_simulator(demo, args)
         info = demo.sim_info
         owned: dict[str, set[int]] = {}

@@ -20,8 +20,13 @@ def test_parse_duration() -> None:
         parse_duration("6 hours")
 
 
-async def test_restore_copies_the_recent_window_once(shared_pg: PgCluster) -> None:
-    """Rows inside the window are restored once; older rows are not; a rerun adds nothing."""
+@pytest.mark.both_backends
+async def test_restore_copies_the_recent_window_once(
+    gatherer_shared_pg: PgCluster, gatherer_backend: str
+) -> None:
+    """Rows inside the window are restored once; older rows are not; a rerun adds nothing (on
+    TimescaleDB, into chunks compressed in between)."""
+    shared_pg = gatherer_shared_pg
     prod = shared_pg.create_database("restore_prod")
     gath = shared_pg.create_database("restore_gath")
     now = datetime.now(UTC)  # the rows and the window derive from this one reading
@@ -44,6 +49,10 @@ async def test_restore_copies_the_recent_window_once(shared_pg: PgCluster) -> No
         counts = await restore(prod, gath, timedelta(hours=5), now=now)
         assert counts["trades"] == 301  # minutes 0..300 of the 600: the window includes its start
         assert counts["markets"] == 1
+        if gatherer_backend == "timescaledb":
+            with psycopg.connect(gath, autocommit=True) as conn:
+                done = conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('trades') c")
+                assert done.fetchone() != (0,)
         again = await restore(prod, gath, timedelta(hours=5), now=now)
         assert again["trades"] == 0
         with psycopg.connect(gath) as conn:
