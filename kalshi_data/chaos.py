@@ -610,13 +610,14 @@ class Chaos:
     def _sid(
         self, gid: str, rng: random.Random, channel: str | None = None
     ) -> tuple[int, int] | None:
-        conn = self._sim_conn(gid, rng)
-        if conn is None:
-            return None
-        sids = [s for s in conn["sids"] if channel is None or s["channel"] == channel]
-        if not sids:
-            return None
-        return int(conn["id"]), int(rng.choice(sids)["sid"])
+        """(connection id, sid) of one of ``gid``'s subscriptions (on ``channel`` if given)."""
+        pairs = [
+            (int(c["id"]), int(s["sid"]))
+            for c in self.gatherer_conns(gid)
+            for s in c.get("sids") or []
+            if channel is None or s["channel"] == channel
+        ]
+        return rng.choice(pairs) if pairs else None
 
     def _f_sim_skip_seq(self, f: Fault, rng: random.Random) -> bool:
         cs = self._sid(f.target, rng, rng.choice(["orderbook_delta", "trade"]))
@@ -853,6 +854,8 @@ def _replay_command(a: argparse.Namespace) -> str:
         cmd += f" --kinds {a.kinds}"
     if a.timescaledb:
         cmd += " --timescaledb"
+    if a.db_outage:
+        cmd += f" --db-outage {a.db_outage:g}"
     return cmd
 
 
@@ -869,6 +872,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timescaledb", action="store_true", help="TimescaleDB gatherer databases")
     p.add_argument("--workdir", default=".chaos")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds before comparing")
+    p.add_argument(
+        "--db-outage",
+        type=float,
+        default=0,
+        metavar="S",
+        help="also kill g1's database 10 s in, for S seconds (RSS and spool while it is down)",
+    )
     p.add_argument("--print-schedule", action="store_true", help="print the plan and exit")
     p.add_argument("--json", type=Path, default=None, help="write the run's figures here")
     return p
@@ -895,6 +905,11 @@ def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     gids = [f"g{i + 1}" for i in range(a.gatherers)]
     plan = make_schedule(a.seed, a.duration, a.faults_per_minute, gids, _kinds(a))
+    if a.db_outage:
+        plan = [Fault(10.0, "gatherer_db_kill9", "g1", a.db_outage, 1), *plan]
+        plan = [
+            f for f in plan if f.target != "g1" or f.kind != "gatherer_db_kill9" or f.param == 1
+        ]
     digest = schedule_digest(plan)
     console.print(
         f"schedule {digest}: {len(plan)} faults of {len({f.kind for f in plan})} kinds over "
