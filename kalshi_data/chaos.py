@@ -32,6 +32,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -81,7 +82,13 @@ KINDS: dict[str, tuple[bool, str, tuple[float, float]]] = {
     "sim_slow_consumer": (True, "sim:{g}", (3, 10)),
     "rest_429_burst": (False, "rest", (0.5, 1)),
     "rest_5xx_burst": (False, "rest", (0.5, 1)),
+    # Opt-in (--clock-steps), so that adding it left the schedules of recorded seeds unchanged.
+    "gatherer_clock_step": (True, "clock:{g}", (5, 30)),
 }
+#: Kinds drawn by default (every kind but the opt-in ones).
+DEFAULT_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "gatherer_clock_step")
+#: libfaketime (Debian package ``faketime``): steps one process's wall clock, nobody else's.
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 #: Seconds an impairing fault still counts after it ended (restart, reconnect, resubscribe).
 RECOVERY_MARGIN_S = {"gatherer_kill9": 20.0, "gatherer_sigstop": 15.0}
 DEFAULT_MARGIN_S = 12.0
@@ -219,13 +226,36 @@ def _pctl(values: list[float]) -> str:
 
 
 @dataclass
+class EnvService(Service):
+    """A :class:`Service` started with extra environment variables."""
+
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, *, stdout_pipe: bool = False) -> None:
+        """Launch (or relaunch) with ``env`` added to this process's environment."""
+        if not self.env:
+            super().start(stdout_pipe=stdout_pipe)
+            return
+        if self._out is not None:
+            self._out.close()
+        self._out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE if stdout_pipe else self._out,
+            stderr=self._out,
+            start_new_session=True,
+            env={**os.environ, **self.env},
+        )
+
+
+@dataclass
 class Chaos:
     """The running cluster and what the run measured."""
 
     demo: Demo
     args: argparse.Namespace
     gatherer_ids: list[str] = field(default_factory=list)
-    gatherers: dict[str, Service] = field(default_factory=dict)
+    gatherers: dict[str, EnvService] = field(default_factory=dict)
     dedups: dict[str, Service] = field(default_factory=dict)
     sim: Service | None = None
     prod_primary: PgCluster | None = None
@@ -308,12 +338,24 @@ class Chaos:
             }
             path = wd / f"{s['id']}.yaml"
             path.write_text(yaml.safe_dump(cfg))
-            svc = Service(
+            env = {}
+            if "gatherer_clock_step" in _kinds(a):
+                clock = wd / "clock" / s["id"]
+                clock.parent.mkdir(exist_ok=True)
+                clock.write_text("+0\n")
+                env = {
+                    "LD_PRELOAD": str(FAKETIME_LIB),
+                    "FAKETIME_TIMESTAMP_FILE": str(clock),
+                    "FAKETIME_CACHE_DURATION": "1",
+                    "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                }
+            svc = EnvService(
                 s["id"],
                 [_python(), "-m", "gatherer", "--config", str(path)],
                 wd / "logs" / f"{s['id']}.log",
                 health_url=f"http://127.0.0.1:{port}/health",
                 metrics_url=f"http://127.0.0.1:{port}/metrics",
+                env=env,
             )
             svc.start()
             self.demo.services.append(svc)
@@ -329,16 +371,16 @@ class Chaos:
             }
             path = wd / f"{name}.yaml"
             path.write_text(yaml.safe_dump(cfg))
-            svc = Service(
+            dedup = Service(
                 name,
                 [_python(), "-m", "deduplicator", "--config", str(path)],
                 wd / "logs" / f"{name}.log",
                 health_url=f"http://127.0.0.1:{port}/health",
                 metrics_url=f"http://127.0.0.1:{port}/metrics",
             )
-            svc.start()
-            self.demo.services.append(svc)
-            self.dedups[name] = svc
+            dedup.start()
+            self.demo.services.append(dedup)
+            self.dedups[name] = dedup
             time.sleep(1.0)  # dedup-a normally wins the first lease
 
     # -------------------------------------------------------------------- helpers
@@ -610,13 +652,14 @@ class Chaos:
     def _sid(
         self, gid: str, rng: random.Random, channel: str | None = None
     ) -> tuple[int, int] | None:
-        conn = self._sim_conn(gid, rng)
-        if conn is None:
-            return None
-        sids = [s for s in conn["sids"] if channel is None or s["channel"] == channel]
-        if not sids:
-            return None
-        return int(conn["id"]), int(rng.choice(sids)["sid"])
+        """(connection id, sid) of one of ``gid``'s subscriptions (on ``channel`` if given)."""
+        pairs = [
+            (int(c["id"]), int(s["sid"]))
+            for c in self.gatherer_conns(gid)
+            for s in c.get("sids") or []
+            if channel is None or s["channel"] == channel
+        ]
+        return rng.choice(pairs) if pairs else None
 
     def _f_sim_skip_seq(self, f: Fault, rng: random.Random) -> bool:
         cs = self._sid(f.target, rng, rng.choice(["orderbook_delta", "trade"]))
@@ -666,6 +709,16 @@ class Chaos:
         time.sleep(f.duration_s)
         self._admin("slow", {"conn": conn["id"], "delay_ms": 0})
         return ok
+
+    def _f_gatherer_clock_step(self, f: Fault, rng: random.Random) -> bool:
+        """Step one gatherer's wall clock (libfaketime offset file), then step it back."""
+        clock = self.demo.workdir / "clock" / f.target
+        step = rng.choice([-60, -20, -5, 5, 20, 60])  # beyond 30 s the signed upgrade is refused
+        clock.write_text(f"{step:+d}\n")
+        time.sleep(f.duration_s)
+        clock.write_text("+0\n")
+        self.note("gatherer subscribed after a clock step", self._gatherer_back(f.target))
+        return True
 
     def _f_rest_429_burst(self, _f: Fault, rng: random.Random) -> bool:
         return self._admin("rest_faults", {"status": 429, "count": rng.randint(3, 30)})
@@ -853,6 +906,10 @@ def _replay_command(a: argparse.Namespace) -> str:
         cmd += f" --kinds {a.kinds}"
     if a.timescaledb:
         cmd += " --timescaledb"
+    if a.db_outage:
+        cmd += f" --db-outage {a.db_outage:g}"
+    if a.clock_steps:
+        cmd += " --clock-steps"
     return cmd
 
 
@@ -869,16 +926,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timescaledb", action="store_true", help="TimescaleDB gatherer databases")
     p.add_argument("--workdir", default=".chaos")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds before comparing")
+    p.add_argument(
+        "--db-outage",
+        type=float,
+        default=0,
+        metavar="S",
+        help="also kill g1's database 10 s in, for S seconds (RSS and spool while it is down)",
+    )
+    p.add_argument(
+        "--clock-steps",
+        action="store_true",
+        help="also step one gatherer's wall clock at a time (libfaketime, that process only)",
+    )
     p.add_argument("--print-schedule", action="store_true", help="print the plan and exit")
     p.add_argument("--json", type=Path, default=None, help="write the run's figures here")
     return p
 
 
 def _kinds(a: argparse.Namespace) -> list[str]:
-    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()] if a.kinds else list(KINDS)
+    wanted = a.kinds.split(",") if a.kinds else DEFAULT_KINDS
+    kinds = [k.strip() for k in wanted if k.strip()]
+    if a.clock_steps and "gatherer_clock_step" not in kinds:
+        kinds.append("gatherer_clock_step")
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise SystemExit(f"kalshi-data chaos: error: unknown fault kinds {unknown}")
+    if "gatherer_clock_step" in kinds and not FAKETIME_LIB.exists():
+        raise SystemExit(
+            f"kalshi-data chaos: error: clock steps need libfaketime ({FAKETIME_LIB}): "
+            "apt-get install faketime"
+        )
     return kinds
 
 
@@ -895,6 +972,11 @@ def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     gids = [f"g{i + 1}" for i in range(a.gatherers)]
     plan = make_schedule(a.seed, a.duration, a.faults_per_minute, gids, _kinds(a))
+    if a.db_outage:
+        plan = [Fault(10.0, "gatherer_db_kill9", "g1", a.db_outage, 1), *plan]
+        plan = [
+            f for f in plan if f.target != "g1" or f.kind != "gatherer_db_kill9" or f.param == 1
+        ]
     digest = schedule_digest(plan)
     console.print(
         f"schedule {digest}: {len(plan)} faults of {len({f.kind for f in plan})} kinds over "
