@@ -126,6 +126,12 @@ class GathererConfig:
     #: levels come on the YES scale, Kalshi's announced default (the flag then goes away). The
     #: gatherer stores NO bids at NO prices (the REST book's convention) whatever it sends.
     use_yes_price: bool = True
+    #: Multivariate (combo, ``KXMVE...``) markets (issue 11). ``exclude``: ``GET /markets`` is
+    #: asked with ``mve_filter=exclude`` and none is subscribed or polled; ``include``: they are
+    #: carried like ordinary markets (order book, snapshot polls) and their lifecycle channel
+    #: ``multivariate_market_lifecycle`` (which ``market_lifecycle_v2`` leaves them out of) is
+    #: subscribed, so new combos are opened as promptly as ordinary markets.
+    mve_markets: Literal["exclude", "include"] = "exclude"
     #: Reconnect backoff (Full Jitter), forever.
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
@@ -150,6 +156,8 @@ class GathererConfig:
             _positive(name, getattr(self, name))
         if self.backoff_cap_s < self.backoff_base_s:
             raise ConfigError("backoff_cap_s", "must be >= backoff_base_s")
+        if self.mve_markets not in ("exclude", "include"):
+            raise ConfigError("mve_markets", "must be exclude or include")
         if not self.market_statuses:
             raise ConfigError("market_statuses", "at least one status is required")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

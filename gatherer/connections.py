@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 ORDERBOOK = "orderbook_delta"
 #: Channels subscribed once per gatherer, for all markets (no market filter).
 FIREHOSE: tuple[str, ...] = ("trade", "ticker", "market_lifecycle_v2")
+#: The combo markets' lifecycle channel, added to the firehose when ``mve_markets: include``.
+MVE_LIFECYCLE = "multivariate_market_lifecycle"
 #: Error 26: subscription market limit exceeded (kalshi-protocol.md §3.2).
 MARKET_LIMIT = 26
 #: Errors after which the same command is sent again after a pause, nothing else changed
@@ -105,6 +107,9 @@ class Connection:
         self._ingest = ingest
         self._metrics = metrics
         self.firehose = firehose
+        self.firehose_channels = FIREHOSE + (
+            (MVE_LIFECYCLE,) if cfg.mve_markets == "include" else ()
+        )
         self.proto = WsProtocol()
         self.layout = SubscriptionLayout(cfg.markets_per_subscription)
         self._pending: dict[int, _Pending] = {}
@@ -192,7 +197,7 @@ class Connection:
             log.info("%s: reconnected, resubscribing", self.name)
         self._connected_once = True
         if self.firehose:
-            for channel in FIREHOSE:
+            for channel in self.firehose_channels:
                 await self._send_firehose(channel)
         self._kick.set()  # subscribe every wanted market again
         helpers = [
@@ -293,7 +298,7 @@ class Connection:
                 how="reconnect",
             )
         if self.firehose:
-            for channel in FIREHOSE:
+            for channel in self.firehose_channels:
                 if channel not in self._firehose_gaps:
                     self._firehose_gaps[channel] = self._ingest.open_gap(
                         sid=None,

@@ -44,6 +44,7 @@ CHANNEL_OF_TYPE: dict[str, str] = {
     "market_lifecycle_v2": "market_lifecycle_v2",
     "event_lifecycle": "market_lifecycle_v2",
     "event_fee_update": "market_lifecycle_v2",
+    "multivariate_market_lifecycle": "multivariate_market_lifecycle",
 }
 
 

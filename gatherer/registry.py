@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from gatherer.ingest import Ingest, Put, now_us
@@ -38,6 +39,11 @@ CLOSING = frozenset({"determined", "settled"})
 REFETCH = frozenset(
     {"close_date_updated", "metadata_updated", "price_level_structure_updated", "deactivated"}
 )
+
+
+def _is_mve(rec: MarketRec) -> bool:
+    """A multivariate (combo) market: it names its collection (§4 Market object)."""
+    return '"mve_collection_ticker"' in rec.data
 
 
 def _unpaused(rec: LifecycleRec) -> bool:
@@ -63,6 +69,7 @@ class Registry:
         open_markets: Callable[[Iterable[str]], int],
         close_markets: Callable[[Iterable[str]], int],
         statuses: Sequence[str] = ("open",),
+        mve_markets: str = "exclude",
     ) -> None:
         self._source = source
         self._put = put
@@ -71,6 +78,11 @@ class Registry:
         self._open_cb = open_markets
         self._close_cb = close_markets
         self.statuses = tuple(statuses)
+        #: ``exclude``: listings ask ``mve_filter=exclude`` (combos are never carried).
+        self.mve_markets = mve_markets
+        self._list_filters: dict[str, Any] = (
+            {"mve_filter": "exclude"} if mve_markets == "exclude" else {}
+        )
         #: Carried markets: ticker -> last known status.
         self.markets: dict[str, str] = {}
         self.events: set[str] = set()
@@ -100,7 +112,9 @@ class Registry:
             self._ingest.dead_letter(rec.reason, rec.raw, "rest", now_us())
             return None
         self._store(rec, rec.ticker)
-        if rec.event_ticker not in self.events:
+        # Combo events are not in GET /events: fetching each one would cost a request per
+        # combo event (thousands); the market object carries its collection and legs.
+        if rec.event_ticker not in self.events and not _is_mve(rec):
             self._refetch_events.add(rec.event_ticker)
         return rec
 
@@ -147,7 +161,7 @@ class Registry:
                 self._event_obj(erec)
         listed: dict[str, str] = {}
         for status in self.statuses:
-            async for mrec in self._source.get_markets(status):
+            async for mrec in self._source.get_markets(status, **self._list_filters):
                 rec = self._market_obj(mrec)
                 if rec is not None and rec.status in CARRIED_STATUSES:
                     listed[rec.ticker] = rec.status

@@ -165,6 +165,7 @@ class GathererService:
             open_markets=manager.add_markets,
             close_markets=manager.remove_markets,
             statuses=cfg.market_statuses,
+            mve_markets=cfg.mve_markets,
         )
         self.registry = registry
         ingest.on_lifecycle = registry.on_lifecycle

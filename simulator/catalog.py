@@ -60,6 +60,9 @@ class Event:
     collateral_return_type: str
     updated_ts: int
     markets: list[str] = field(default_factory=list)
+    #: A multivariate (combo) event: left out of ``GET /events`` (Kalshi lists those under
+    #: ``/events/multivariate``).
+    mve: bool = False
 
 
 @dataclass(slots=True)
@@ -98,6 +101,9 @@ class Market:
     dollar_volume_units: int = 0  # sum(count * price) in 1/100 contract * 1/10,000 dollar
     weight: float = 1.0
     ticker_state: tuple[int, ...] = ()
+    #: Multivariate (combo) market: its collection and selected legs (§4 Market object).
+    mve_collection: str | None = None
+    mve_legs: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def status_filter(self) -> str:

@@ -14,7 +14,14 @@ import orjson
 
 #: Frame types that carry a per-sid ``seq`` (§3.4). ``ticker`` has none.
 SEQUENCED = frozenset(
-    {"orderbook_snapshot", "orderbook_delta", "trade", "market_lifecycle_v2", "event_lifecycle"}
+    {
+        "orderbook_snapshot",
+        "orderbook_delta",
+        "trade",
+        "market_lifecycle_v2",
+        "event_lifecycle",
+        "multivariate_market_lifecycle",
+    }
 )
 
 #: Error code -> message text (§3.2).

@@ -33,6 +33,7 @@ CHANNEL_OF = {
     "ticker": "ticker",
     "market_lifecycle_v2": "market_lifecycle_v2",
     "event_lifecycle": "market_lifecycle_v2",
+    "multivariate_market_lifecycle": "multivariate_market_lifecycle",
 }
 
 

@@ -36,6 +36,15 @@ TRADE = "trade"
 TICKER = "ticker"
 LIFECYCLE = "market_lifecycle_v2"
 EVENT_LIFECYCLE = "event_lifecycle"
+#: Lifecycle of multivariate (combo) markets: their own channel, left out of
+#: ``market_lifecycle_v2`` (AsyncAPI ``multivariate_market_lifecycle``; changelog).
+MVE_LIFECYCLE = "multivariate_market_lifecycle"
+#: The combo markets' series (never given ordinary events).
+MVE_SERIES = "KXMVECOMBO"
+#: Combo markets per multivariate event (Kalshi makes an event per combo collection pick).
+MVE_PER_EVENT = 2
+#: Share of activity steps that touch a combo market (they trade rarely).
+MVE_ACTIVITY_SHARE = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,7 @@ class Exchange:
         lifecycle_share: float = 0.003,
         duplicate_delta_share: float = 0.01,
         trades_kept: int = 500_000,
+        mve_markets: int = 0,
     ) -> None:
         self.rng = random.Random(seed)
         self.namer = Namer(self.rng)
@@ -87,6 +97,13 @@ class Exchange:
         self._burst: Market | None = None
         self._burst_left = 0
         self._build(markets, now_s)
+        #: Combo markets by status; their own RNG keeps the ordinary stream of a seed unchanged.
+        self.mve_rng = random.Random(seed * 7919 + 17)
+        self.mve_pools: dict[str, Pool[str]] = {s: Pool() for s in ("initialized", "active")}
+        self._mve_series = MVE_SERIES
+        self._mve_events: list[Event] = []
+        for _ in range(mve_markets):
+            self._new_mve_market(now_s, status="active")
 
     # --- catalogue ---------------------------------------------------------------------------
 
@@ -108,7 +125,7 @@ class Exchange:
         if not self.series or rng.random() < 0.05:
             series = self._new_series()
         else:
-            series = self.series[rng.choice(list(self.series))]
+            series = self.series[rng.choice([t for t in self.series if t != MVE_SERIES])]
         strike = now_s + rng.randint(1, 60) * 86_400
         # Names come from the RNG only (not the wall clock) so a seed names the same tickers.
         ticker = self.namer.event(series.ticker, NAME_EPOCH_S + strike - now_s)
@@ -210,6 +227,110 @@ class Exchange:
             new.add(m.ticker)
         self._dirty = True
 
+    # --- multivariate (combo) markets ---------------------------------------------------------
+
+    def _new_mve_market(self, now_s: int, status: str) -> Market:
+        """A combo market over 2-3 legs of ordinary markets, in a ``KXMVE...`` event."""
+        rng = self.mve_rng
+        if self._mve_series not in self.series:
+            self.series[self._mve_series] = Series(
+                self._mve_series, "Simulated combos", "Sports", "daily", ["combo"]
+            )
+        if not self._mve_events or len(self._mve_events[-1].markets) >= MVE_PER_EVENT:
+            n = len(self._mve_events)
+            ev = Event(
+                index=len(self.event_list),
+                event_ticker=f"KXMVECOMBO-S{n:05d}",
+                series_ticker=self._mve_series,
+                title=f"Simulated combo collection {n}",
+                sub_title="",
+                mutually_exclusive=False,
+                strike_date=now_s + 86_400,
+                collateral_return_type="",
+                updated_ts=now_s,
+                mve=True,
+            )
+            self.events[ev.event_ticker] = ev
+            self.event_list.append(ev)
+            self._mve_events.append(ev)
+        ev = self._mve_events[-1]
+        ordinary = [m for m in self.market_list[:200] if m.mve_collection is None]
+        legs = rng.sample(ordinary, k=min(len(ordinary), rng.randint(2, 3)))
+        ticker = f"{ev.event_ticker}-{rng.getrandbits(40):010X}"
+        m = Market(
+            index=len(self.market_list),
+            ticker=ticker,
+            event_ticker=ev.event_ticker,
+            market_id=rng_uuid(rng),
+            title="Combo: " + ", ".join(leg.yes_sub_title for leg in legs),
+            yes_sub_title="all legs",
+            no_sub_title="not all legs",
+            structure="linear_cent",
+            tick=100,
+            fractional=False,
+            strike_type="custom",
+            floor_strike=None,
+            cap_strike=None,
+            created_ts=now_s,
+            open_ts=now_s,
+            close_ts=ev.strike_date,
+            expiration_ts=ev.strike_date + 3600,
+            updated_ts=now_s,
+            status=status,
+            weight=0.0,
+            mve_collection="KXMVECOMBO-COLLECTION",
+            mve_legs=[
+                {"event_ticker": leg.event_ticker, "market_ticker": leg.ticker, "side": "yes"}
+                for leg in legs
+            ],
+        )
+        self.markets[ticker] = m
+        self.market_list.append(m)
+        ev.markets.append(ticker)
+        self.mve_pools[status].add(ticker)
+        m.ticker_state = shapes.ticker_state(m)
+        return m
+
+    def _mve_step(self, now_ms: int, out: list[Emitted]) -> None:
+        """A combo market's activity: mostly lifecycle (on its own channel), some orders."""
+        rng = self.mve_rng
+        now_s = now_ms // 1000
+        pools = self.mve_pools
+        r = rng.random()
+        if r < 0.3 or not pools["active"]:
+            m = self._new_mve_market(now_s, "initialized")
+            ev = self.events[m.event_ticker]
+            out.append((MVE_LIFECYCLE, m.ticker, shapes.created_msg(m, ev)))
+        elif r < 0.6 and pools["initialized"]:
+            m = self.markets[pools["initialized"].choice(rng)]
+            pools["initialized"].remove(m.ticker)
+            pools["active"].add(m.ticker)
+            m.status, m.updated_ts = "active", now_s
+            out.append((MVE_LIFECYCLE, m.ticker, shapes.lifecycle_msg(m, "activated")))
+        elif r < 0.7:
+            m = self.markets[pools["active"].choice(rng)]
+            pools["active"].remove(m.ticker)
+            for book_side, level, delta in m.book.clear_deltas():
+                self._delta(m, book_side, level, delta, now_ms, out)
+            m.result = rng.choice(("yes", "no"))
+            m.settlement_value = DOLLAR if m.result == "yes" else 0
+            m.status, m.updated_ts, m.determination_ts = "determined", now_s, now_s
+            msg = shapes.lifecycle_msg(
+                m,
+                "determined",
+                determination_ts=now_s,
+                result=m.result,
+                settlement_value=dollars(m.settlement_value),
+            )
+            out.append((MVE_LIFECYCLE, m.ticker, msg))
+        else:
+            m = self.markets[pools["active"].choice(rng)]
+            t = m.tick
+            side: Side = "yes" if rng.random() < 0.5 else "no"
+            price = rng.randint(1, 40) * t
+            if not m.book.crosses(side, price):
+                self._delta(m, side, price, rng.randint(1, 20) * 100, now_ms, out)
+
     # --- choosing markets --------------------------------------------------------------------
 
     def _rebuild(self) -> None:
@@ -245,6 +366,9 @@ class Exchange:
     def step(self, now_ms: int, out: list[Emitted]) -> None:
         """Append one activity step's messages (1 to a few) to ``out``."""
         rng = self.rng
+        if self.mve_pools["active"] and self.mve_rng.random() < MVE_ACTIVITY_SHARE:
+            self._mve_step(now_ms, out)
+            return
         if rng.random() < self.lifecycle_share:
             self._lifecycle(now_ms, out)
             return

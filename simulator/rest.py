@@ -221,10 +221,15 @@ class RestApi:
             raise BadRequest(f"status must be one of {', '.join(STATUS_FILTERS)}")
         event = request.query.get("event_ticker") or None
         series = request.query.get("series_ticker") or None
+        mve = request.query.get("mve_filter") or None
+        if mve is not None and mve not in ("only", "exclude"):
+            raise BadRequest("mve_filter must be only or exclude")
         events = self.ctx.exchange.events
 
         def keep(m: Market) -> bool:
             if status is not None and m.status_filter != status:
+                return False
+            if mve is not None and (m.mve_collection is not None) != (mve == "only"):
                 return False
             if event is not None and m.event_ticker != event:
                 return False
@@ -317,7 +322,8 @@ class RestApi:
         items = (
             (ev.index, ev)
             for ev in ex.event_list[start:]
-            if (series is None or ev.series_ticker == series)
+            if not ev.mve  # multivariate events are not listed here (/events/multivariate)
+            and (series is None or ev.series_ticker == series)
             and self._event_status_ok(ev.markets, status)
         )
         page, cursor = _page(items, limit, "e")

@@ -71,6 +71,7 @@ class Simulator:
             lifecycle_share=0.0 if cfg.replay else cfg.lifecycle_share,
             duplicate_delta_share=cfg.duplicate_delta_share,
             trades_kept=cfg.trades_kept,
+            mve_markets=cfg.mve_markets,
         )
 
     def _pregenerate(self, n: int) -> None:

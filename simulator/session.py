@@ -20,12 +20,19 @@ if TYPE_CHECKING:
     from simulator.hub import Hub
 
 #: Channels with simulated data.
-DATA_CHANNELS = ("orderbook_delta", "ticker", "trade", "market_lifecycle_v2")
+DATA_CHANNELS = (
+    "orderbook_delta",
+    "ticker",
+    "trade",
+    "market_lifecycle_v2",
+    "multivariate_market_lifecycle",
+)
+#: Channels that always carry every market (a market filter is ignored, §3.10-3.11).
+ALL_MARKET_CHANNELS = frozenset({"market_lifecycle_v2", "multivariate_market_lifecycle"})
 #: Channels Kalshi accepts but this exchange never sends data on (private or external feeds).
 QUIET_CHANNELS = (
     "fill",
     "market_positions",
-    "multivariate_market_lifecycle",
     "communications",
     "order_group_updates",
     "user_orders",
@@ -239,7 +246,7 @@ class Session:
         for channel in dict.fromkeys(channels):
             sid = self._next_sid
             self._next_sid += 1
-            keep = None if channel == "market_lifecycle_v2" or tickers is None else tickers
+            keep = None if channel in ALL_MARKET_CHANNELS or tickers is None else tickers
             sub = Sub(self, sid, channel, dict.fromkeys(keep) if keep is not None else None)
             sub.seq = self.hub.config.first_seq - 1  # the first frame carries first_seq
             sub.skip_ack = params.get("skip_ticker_ack") is True
@@ -325,7 +332,7 @@ class Session:
             self._snapshots(sub, wanted, cmd_id)
             return
         if sub.tickers is None:
-            raise CommandError(13 if sub.channel == "market_lifecycle_v2" else 11, sid)
+            raise CommandError(13 if sub.channel in ALL_MARKET_CHANNELS else 11, sid)
         if tickers is None:
             raise CommandError(14, sid)
         added: list[str] = []

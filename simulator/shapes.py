@@ -234,6 +234,9 @@ def market_obj(m: Market) -> Json:
         obj["settlement_value_dollars"] = dollars(m.settlement_value)
     if m.settled_ts is not None:
         obj["settlement_ts"] = rfc3339(m.settled_ts)
+    if m.mve_collection is not None:
+        obj["mve_collection_ticker"] = m.mve_collection
+        obj["mve_selected_legs"] = m.mve_legs
     return obj
 
 

@@ -546,6 +546,8 @@ DATA_PARSERS: dict[str, _DataParser] = {
     "trade": _ws_trade,
     "ticker": _ticker_msg,
     "market_lifecycle_v2": _lifecycle("market", "market_ticker", None),
+    # Combo markets' lifecycle: the same msg on its own channel (AsyncAPI allOf).
+    "multivariate_market_lifecycle": _lifecycle("market", "market_ticker", None),
     "event_lifecycle": _lifecycle("event", "event_ticker", "event_lifecycle"),
     "event_fee_update": _lifecycle("fee", "event_ticker", "event_fee_update"),
 }

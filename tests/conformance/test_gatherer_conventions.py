@@ -163,3 +163,87 @@ async def test_issue11_errors_18_and_27_are_retried_without_loss(
     hows = query(dsn, "SELECT how FROM gaps WHERE state = 'recovered'")
     assert hows == [("get_snapshot",)]
     assert query(dsn, "SELECT count(*) FROM gaps")[0][0] == 2  # one gap: open + recovered
+
+
+def _mve(ident: tuple[Any, ...]) -> bool:
+    return any(isinstance(v, str) and v.startswith("KXMVE") for v in ident)
+
+
+def _firehose_up(svc: Any, channels: int) -> bool:
+    manager = svc.manager
+    if manager is None or not subscribed_or_none(svc):
+        return False
+    return len(manager.connections[0]._firehose_sids) == channels
+
+
+def subscribed_or_none(svc: Any) -> bool:
+    """Every carried market is in an acknowledged subscription (any number of firehoses)."""
+    manager, registry = svc.manager, svc.registry
+    if manager is None or registry is None or not registry.loaded or not registry.markets:
+        return False
+    for conn in manager.connections:
+        if not conn.up or conn.layout.placed != conn.layout.desired:
+            return False
+        if any(s.busy or s.sid is None for s in conn.layout.slots):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("policy", ["exclude", "include"])
+async def test_issue11_mve_policy(fresh_db: str, tmp_path: Path, policy: str) -> None:
+    """Combo markets, 10 per ordinary one: ``exclude`` asks mve_filter=exclude and carries
+    none; ``include`` carries them all and opens new ones from their own lifecycle channel at
+    once. Startup costs no request per combo event; the capture equals the truth."""
+    from kalshi_data.truth import compare
+
+    dsn = gatherer_db(fresh_db)
+    async with (
+        simulator(tmp_path, rate=600.0, markets=40, mve_markets=400) as sim,
+        gatherer(config_data(sim, dsn, tmp_path, mve_markets=policy)) as run,
+    ):
+        svc = run.service
+        channels = 4 if policy == "include" else 3
+        await wait_for(lambda: _firehose_up(svc, channels), 60, "all subscriptions")
+        startup_requests = sim.rest.requests
+        assert svc.registry is not None
+        carried = set(svc.registry.markets)
+        mve_carried = {t for t in carried if t.startswith("KXMVE")}
+        if policy == "exclude":
+            assert not mve_carried
+        else:
+            assert len(mve_carried) >= 400
+        # 200 combo events: a request each would show here.
+        assert startup_requests < 40, startup_requests
+        sim.resume()
+        await wait_for(lambda: sim.truth_lines >= 4000, 60, "4000 events")
+        await quiesce(sim, svc)
+        created_mve = {
+            t
+            for (t,) in query(
+                dsn,
+                "SELECT ticker FROM lifecycle_events WHERE event_type = 'created'"
+                " AND ticker LIKE 'KXMVE%%'",
+            )
+        }
+        if policy == "include":
+            assert created_mve, "the run should create combo markets"
+            assert created_mve <= set(svc.registry.markets)  # opened live, not at a reconcile
+            assert svc.registry.reconciles == 1
+        else:
+            assert not created_mve
+            assert not {t for t in svc.registry.markets if t.startswith("KXMVE")}
+        assert await run.finish() == 0
+    if policy == "include":
+        assert_truth(dsn, tmp_path / "truth.jsonl")
+        return
+    report = compare(dsn, tmp_path / "truth.jsonl")
+    for table, diff in report.items():
+        assert not diff.extra, (table, diff.extra)
+        late = {
+            t
+            for (ms,) in query(dsn, "SELECT markets FROM gaps WHERE how = 'late_subscribe'")
+            for t in ms
+        }
+        missing = [i for i in diff.missing if not _mve(i) and not (i and i[0] in late)]
+        assert not missing, (table, missing[:5])
+    assert query(dsn, "SELECT count(*) FROM markets WHERE ticker LIKE 'KXMVE%%'")[0][0] == 0

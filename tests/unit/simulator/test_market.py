@@ -126,3 +126,30 @@ def test_ticker_msg_has_every_required_field():
     empty = ex.market_list[0]
     empty.book = Book()
     assert set(shapes.snapshot_msg(empty)) == {"market_ticker", "market_id"}
+
+
+def test_issue11_mve_markets_have_their_own_lifecycle_channel() -> None:
+    """Combo markets carry their collection and legs; their lifecycle frames are
+    ``multivariate_market_lifecycle``, never ``market_lifecycle_v2``; 0 combos keeps a seed's
+    ordinary stream unchanged."""
+    from simulator.market import MVE_LIFECYCLE
+
+    ex = Exchange(5, 50, NOW_S, mve_markets=100)
+    mve = [m for m in ex.market_list if m.mve_collection is not None]
+    assert len(mve) == 100
+    assert all(m.ticker.startswith("KXMVE") and len(m.mve_legs) >= 2 for m in mve)
+    assert all(ex.events[m.event_ticker].mve for m in mve)
+    out: list[Emitted] = []
+    for i in range(20_000):
+        ex.step(NOW_S * 1000 + i, out)
+    lifecycle = [(t, k) for t, k, _ in out if t in ("market_lifecycle_v2", MVE_LIFECYCLE)]
+    assert any(t == MVE_LIFECYCLE for t, _ in lifecycle)
+    for frame_type, ticker in lifecycle:
+        assert (frame_type == MVE_LIFECYCLE) == (ticker or "").startswith("KXMVE")
+    a, b = Exchange(5, 50, NOW_S), Exchange(5, 50, NOW_S)
+    out_a: list[Emitted] = []
+    out_b: list[Emitted] = []
+    for i in range(500):
+        a.step(NOW_S * 1000 + i, out_a)
+        b.step(NOW_S * 1000 + i, out_b)
+    assert out_a == out_b
