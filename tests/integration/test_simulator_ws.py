@@ -146,7 +146,17 @@ async def test_snapshot_then_deltas_rebuild_the_rest_orderbook(sim: Simulator):
     assert set(books) == set(tickers)
     async with aiohttp.ClientSession() as http:
         url = f"{sim.rest_url}/markets/orderbooks?tickers={','.join(tickers)}"
-        async with http.get(url) as r:
+        from simulator.auth import sign_headers  # the spec marks order books authenticated
+
+        assert sim.private_key_path is not None
+        headers = sign_headers(
+            sim.private_key_path.read_bytes(),
+            sim.key_id,
+            "GET",
+            "/trade-api/v2/markets/orderbooks",
+            time.time_ns() // 1_000_000,
+        )
+        async with http.get(url, headers=headers) as r:
             rest = (await r.json())["orderbooks"]
     assert len(rest) == len(tickers)
     for ob in rest:
