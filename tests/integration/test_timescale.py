@@ -81,7 +81,7 @@ def _midnight(now: datetime, days_ago: int) -> datetime:
 def test_migrations_build_hypertables_ordered_by_the_cursor(fresh_db: str) -> None:
     """On TimescaleDB the time-series tables are hypertables compressed in cursor order, the
     writer holds no column rights (0007), and a second run applies nothing."""
-    assert migrate(fresh_db, "gatherer")[-1] == "0007_timescale.sql"
+    assert "0007_timescale.sql" in migrate(fresh_db, "gatherer")
     assert migrate(fresh_db, "gatherer") == []
     with psycopg.connect(fresh_db) as conn:
         rows = conn.execute(
