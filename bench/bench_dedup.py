@@ -26,7 +26,7 @@ import yaml
 
 from kalshi_data.copypipe import CopyPipe
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster, free_port
+from kalshi_data.pgcluster import PgCluster, free_port, timescaledb_missing
 from kalshi_data.tables import TRADES
 from kalshi_data.users import create_user
 
@@ -43,9 +43,9 @@ FROM generate_series(1, {n}) AS i
 """
 
 
-def _cluster(base: Path, name: str) -> PgCluster:
+def _cluster(base: Path, name: str, *, timescaledb: bool = False) -> PgCluster:
     c = PgCluster(base / name)
-    c.init(SETTINGS)
+    c.init(SETTINGS, timescaledb=timescaledb)
     c.start()
     return c
 
@@ -126,7 +126,20 @@ def _vm_hwm_mb(pid: int) -> float:
 
 
 def main() -> None:
-    """Run the three measurements and print rows/s and ratios."""
+    """Run the measurements on plain-PostgreSQL gatherers, then (when the extension is
+    installed) on TimescaleDB gatherers, in the same run; production is plain PostgreSQL."""
+    backends = [False]
+    missing = timescaledb_missing()
+    if missing is None:
+        backends.append(True)
+    else:
+        print(f"TimescaleDB gatherers not measured: {missing}")
+    for timescaledb in backends:
+        print(f"--- gatherer backend: {'TimescaleDB' if timescaledb else 'plain PostgreSQL'}")
+        _measure(timescaledb=timescaledb)
+
+
+def _measure(*, timescaledb: bool) -> None:
     base = Path(tempfile.mkdtemp(prefix="kd-bench-dedup-"))
     clusters: list[PgCluster] = []
     try:
@@ -137,7 +150,7 @@ def main() -> None:
         create_user(prod.dsn("prod"), "dedup_writer", "dedup", "bench-pw")
         gdsns, rdsns = [], []
         for i in range(3):
-            g = _cluster(base, f"g{i + 1}")
+            g = _cluster(base, f"g{i + 1}", timescaledb=timescaledb)
             clusters.append(g)
             g.create_database("g")
             migrate(g.dsn("g"), "gatherer")

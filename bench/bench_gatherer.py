@@ -265,10 +265,23 @@ async def _pipeline_ceiling(dsn: str, truth: Path, limit: int = 300_000) -> tupl
 
 
 def main() -> None:
-    """Run the stages and the COPY baseline; print a table and the ratio."""
+    """Run the stages and the COPY baseline on plain PostgreSQL, then (when the extension is
+    installed) on TimescaleDB, in the same run; print a table and the ratio for each."""
+    backends = [False]
+    missing = pgcluster.timescaledb_missing()
+    if missing is None:
+        backends.append(True)
+    else:
+        print(f"TimescaleDB not measured: {missing}")
+    for timescaledb in backends:
+        print(f"--- backend: {'TimescaleDB' if timescaledb else 'plain PostgreSQL'}", flush=True)
+        _measure(timescaledb=timescaledb)
+
+
+def _measure(*, timescaledb: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="kd-bench-gatherer-") as tmpdir:
         tmp = Path(tmpdir)
-        with pgcluster.temporary_cluster(tmp / "pg") as cluster:
+        with pgcluster.temporary_cluster(tmp / "pg", timescaledb=timescaledb) as cluster:
             dsn = cluster.create_database("gatherer")
             migrate(dsn, "gatherer")
             base = cluster.create_database("baseline")
