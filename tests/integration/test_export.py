@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import psycopg
@@ -20,6 +20,12 @@ from kalshi_data.migrate import migrate
 from kalshi_data.pgcluster import free_port
 
 ROWS_PER_DAY = 1500
+# The three exported days end two weeks before the run (any day the suite runs on); every
+# export below is given its own `now`, relative to them.
+DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=14)
+DAYS = [(DAY0 + timedelta(days=k)).date() for k in range(3)]
+NOW_UNSETTLED = DAY0 + timedelta(days=3, minutes=30)  # the third day ended 30 min ago
+NOW_SETTLED = DAY0 + timedelta(days=3, hours=2)
 
 
 @pytest.fixture
@@ -43,10 +49,10 @@ def _fill(dsn: str) -> None:
             "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
             "is_block_trade, suspect, received_at, gatherer_id) "
             "SELECT md5('t' || i)::uuid, 'MKT-' || mod(i, 7), "
-            "'2026-11-18 00:00+00'::timestamptz + (i / %s) * interval '1 day' "
+            "%s::timestamptz + (i / %s) * interval '1 day' "
             "+ mod(i, %s) * interval '1 second', 4200, 5800, 100 + i, false, false, now(), 'g1' "
             "FROM generate_series(0, %s::int) AS i",
-            (ROWS_PER_DAY, ROWS_PER_DAY, 3 * ROWS_PER_DAY - 1),
+            (DAY0, ROWS_PER_DAY, ROWS_PER_DAY, 3 * ROWS_PER_DAY - 1),
         )
 
 
@@ -69,13 +75,9 @@ def test_export_writes_settled_days_with_manifests(fresh_db: str, s3_endpoint: s
     s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="archive")
     cfg = _config(fresh_db, s3_endpoint)
-    now = datetime(2026, 11, 21, 0, 30, tzinfo=UTC)  # 20 Nov ended 30 min ago: not settled
-    result = run_export(cfg, now=now)
+    result = run_export(cfg, now=NOW_UNSETTLED)  # the third day is not settled yet
     assert result.rows == {"trades": 2 * ROWS_PER_DAY}
-    assert result.files == [
-        object_key("kd", "trades", d)
-        for d in (datetime(2026, 11, 18).date(), datetime(2026, 11, 19).date())
-    ]
+    assert result.files == [object_key("kd", "trades", d) for d in DAYS[:2]]
     for key in result.files:
         body = s3.get_object(Bucket="archive", Key=key)["Body"].read()
         table = pq.read_table(io.BytesIO(body))
@@ -89,7 +91,7 @@ def test_export_writes_settled_days_with_manifests(fresh_db: str, s3_endpoint: s
         mark = conn.execute("SELECT exported_until FROM export_watermarks").fetchone()
     assert [r[1] for r in rows] == [ROWS_PER_DAY, ROWS_PER_DAY]
     assert mark is not None
-    assert mark[0] == datetime(2026, 11, 20, tzinfo=UTC)
+    assert mark[0] == DAY0 + timedelta(days=2)
 
 
 def test_rerun_is_idempotent_and_resumes(fresh_db: str, s3_endpoint: str) -> None:
@@ -98,11 +100,11 @@ def test_rerun_is_idempotent_and_resumes(fresh_db: str, s3_endpoint: str) -> Non
     s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="archive")
     cfg = _config(fresh_db, s3_endpoint)
-    first = run_export(cfg, now=datetime(2026, 11, 21, 0, 30, tzinfo=UTC))
-    again = run_export(cfg, now=datetime(2026, 11, 21, 0, 30, tzinfo=UTC))
+    first = run_export(cfg, now=NOW_UNSETTLED)
+    again = run_export(cfg, now=NOW_UNSETTLED)
     assert len(first.files) == 2
     assert again.files == []
-    later = run_export(cfg, now=datetime(2026, 11, 21, 2, 0, tzinfo=UTC))
-    assert later.files == [object_key("kd", "trades", datetime(2026, 11, 20).date())]
+    later = run_export(cfg, now=NOW_SETTLED)
+    assert later.files == [object_key("kd", "trades", DAYS[2])]
     listed = s3.list_objects_v2(Bucket="archive", Prefix="kd/trades/")["Contents"]
     assert len(listed) == 6  # three parquet files + three manifests, no duplicates
