@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -163,15 +164,18 @@ def test_gatherer_roles_are_restricted(gatherer_shared_pg: PgCluster, fresh_db: 
     create_user(fresh_db, "dedup_reader", f"dr{suffix}", "pw-reader-test")
     writer = _user_dsn(gatherer_shared_pg, dbname, f"gw{suffix}", "pw-writer-test")
     reader = _user_dsn(gatherer_shared_pg, dbname, f"dr{suffix}", "pw-reader-test")
+    # One timestamp, computed once: now() would differ per autocommit statement, and the
+    # replay below must carry the same identity (exchange_ts is part of it).
+    stamp = datetime.now(UTC) - timedelta(hours=1)
     row = (
         "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
         "is_block_trade, suspect, received_at) VALUES "
-        "('00000000-0000-0000-0000-000000000001', 'A', '2026-11-22 12:00+00', "
+        f"('00000000-0000-0000-0000-000000000001', 'A', '{stamp.isoformat()}', "
         "4200, 5800, 100, false, false, now())"
     )
     with psycopg.connect(writer, autocommit=True) as conn:
-        conn.execute(row)
-        conn.execute(row + " ON CONFLICT DO NOTHING")
+        conn.execute(row.encode())
+        conn.execute((row + " ON CONFLICT DO NOTHING").encode())
         assert conn.execute("SELECT kd_ensure_partitions(0, 1)").fetchone() is not None
         for forbidden in (
             "SELECT * FROM trades",
@@ -187,10 +191,36 @@ def test_gatherer_roles_are_restricted(gatherer_shared_pg: PgCluster, fresh_db: 
     with psycopg.connect(reader, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM trades").fetchone() == (1,)
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            conn.execute(row.replace("0001", "0002"))
+            conn.execute(row.replace("0001", "0002").encode())
         conn.execute("SET default_transaction_read_only = off")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(row.replace("0001", "0002"))
+            conn.execute(row.replace("0001", "0002").encode())
+    _assert_storage_grants_narrow(fresh_db, f"gw{suffix}", f"dr{suffix}")
+
+
+def _assert_storage_grants_narrow(dsn: str, writer: str, reader: str) -> None:
+    """Every table that stores rows (partitions, chunks, compressed chunks included) grants the
+    writer at most INSERT and the reader at most SELECT: a privilege on a child table would
+    bypass the parent's narrow grants."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT c.oid::regclass::text, r.rolname, "
+            "       has_table_privilege(r.oid, c.oid, 'UPDATE') "
+            "    OR has_table_privilege(r.oid, c.oid, 'DELETE') "
+            "    OR has_table_privilege(r.oid, c.oid, 'TRUNCATE'), "
+            "       has_table_privilege(r.oid, c.oid, 'INSERT') "
+            "FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "CROSS JOIN pg_roles r "
+            "WHERE c.relkind IN ('r', 'p') AND r.rolname IN (%s, %s) "
+            "  AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            (writer, reader),
+        ).fetchall()
+    assert rows, "no storage tables found"
+    too_wide = [(t, role) for t, role, modify, _ins in rows if modify]
+    assert too_wide == []
+    reader_inserts = [t for t, role, _m, ins in rows if role == reader and ins]
+    assert reader_inserts == []
 
 
 def test_production_writer_has_no_ddl(shared_pg: PgCluster, fresh_db: str) -> None:

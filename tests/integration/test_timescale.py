@@ -99,6 +99,39 @@ def test_migrations_build_hypertables_ordered_by_the_cursor(fresh_db: str) -> No
     assert grants == (0,)
 
 
+def test_chunk_creator_makes_inserts_into_its_chunk_wait_and_holds_the_horizon(
+    fresh_db: str,
+) -> None:
+    """The transaction that creates a chunk holds a lock until it commits: another insert into
+    the same chunk waits (here it times out), while an insert into an existing chunk does not.
+    Either way no row is read past the open transaction. (This is why a gatherer that opens a
+    new day holds every other writer of that day until its commit, and why tests that keep a
+    transaction open create the day's chunk first.)"""
+    migrate(fresh_db, "gatherer")
+    today = _midnight(datetime.now(UTC), 0)
+    new_day = today - timedelta(days=3)
+    _fill(fresh_db, [today], txns=1, rows=10)  # today's chunk exists, committed
+    with psycopg.connect(fresh_db) as creator, psycopg.connect(fresh_db) as other:
+        creator.execute(INSERT_DAY, {"tag": "c-", "day": new_day, "lo": 0, "hi": 9})
+        other.execute("SET lock_timeout = '1s'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute(INSERT_DAY, {"tag": "o-", "day": new_day, "lo": 0, "hi": 9})
+        other.rollback()
+        other.execute(INSERT_DAY, {"tag": "t-", "day": today, "lo": 10, "hi": 19})
+        other.commit()
+        with psycopg.connect(fresh_db, autocommit=True) as reader:
+            horizon = reader.execute(dsql.horizon_query()).fetchone()
+            below = reader.execute(
+                "SELECT count(*) FROM trades WHERE ingest_xid < %s::text::xid8", horizon
+            ).fetchone()
+        assert below == (10,)  # today's first 10 only: the later commit sits above the horizon
+        creator.commit()
+        other.execute(INSERT_DAY, {"tag": "o-", "day": new_day, "lo": 0, "hi": 9})
+        other.commit()
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone() == (40,)
+
+
 async def test_compressed_chunks_are_read_whole_and_in_cursor_order(fresh_db: str) -> None:
     """A deduplicator lagging past compress_after: its cursor sits inside a chunk that is then
     compressed. Reading on in batches returns every row exactly once, in cursor order, and each
