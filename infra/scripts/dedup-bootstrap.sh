@@ -21,6 +21,7 @@ TEXTFILE_DIR=/var/lib/prometheus/node-exporter
 EXPORT_PROM=/var/lib/kalshi-export/export.prom
 AUDIT_PROM=/run/kalshi-audit/audit.prom
 NODE_EXPORTER_DEFAULTS=/etc/default/prometheus-node-exporter
+DEDUP_DROPIN_DIR=/etc/systemd/system/kalshi-dedup.service.d
 
 fetch_ca() {
   # RDS certificate bundle: libpq verifies the server (sslmode=verify-full), not only encrypts.
@@ -72,8 +73,8 @@ write_credentials() {
     printf 'host=%s.%s port=5432 dbname=kalshi_ts user=kalshi_dedup_reader password=%s sslmode=require' \
       "$g" "$GATHERER_DNS_SUFFIX" "$pw" | credential_write kalshi-dedup "gatherer-$g-dsn"
   done
-  install -d -m 0755 /etc/systemd/system/kalshi-dedup.service.d
-  gatherer_credentials_dropin > /etc/systemd/system/kalshi-dedup.service.d/gatherers.conf
+  install -d -m 0755 "$DEDUP_DROPIN_DIR"
+  gatherer_credentials_dropin > "$DEDUP_DROPIN_DIR/gatherers.conf"
   if [ "$ENABLE_EXPORT" = "true" ]; then
     write_job_credentials
   fi
