@@ -71,6 +71,8 @@ locals {
         "${local.units}/kalshi-dedup.service"      = { mode = "0644", content = file("${local.files}/systemd/kalshi-dedup.service") }
         "${local.units}/kalshi-export.service"     = { mode = "0644", content = file("${local.files}/systemd/kalshi-export.service") }
         "${local.units}/kalshi-export.timer"       = { mode = "0644", content = file("${local.files}/systemd/kalshi-export.timer") }
+        "${local.units}/kalshi-audit.service"      = { mode = "0644", content = file("${local.files}/systemd/kalshi-audit.service") }
+        "${local.units}/kalshi-audit.timer"        = { mode = "0644", content = file("${local.files}/systemd/kalshi-audit.timer") }
         "${local.units}/kalshi-retention@.service" = { mode = "0644", content = file("${local.files}/systemd/kalshi-retention@.service") }
         "${local.units}/kalshi-retention@.timer"   = { mode = "0644", content = file("${local.files}/systemd/kalshi-retention@.timer") }
         "/etc/kalshi-data/dedup.yaml" = { mode = "0644", content = templatefile("${path.module}/templates/dedup.yaml.tftpl", {
@@ -82,12 +84,19 @@ locals {
           prefix = "kalshi-data"
           region = var.region
         }) }
+        "/etc/kalshi-data/audit.yaml" = { mode = "0644", content = templatefile("${path.module}/templates/audit.yaml.tftpl", {
+          instance_id     = "dedup-${name}"
+          gatherer_ids    = var.gatherer_ids
+          dns_suffix      = aws_route53_zone.internal.name
+          kalshi_rest_url = var.kalshi_rest_url
+        }) }
         "/etc/kalshi-data/bootstrap.env" = { mode = "0600", content = join("\n", concat(local.app_env, [
           "INSTANCE_ID=dedup-${name}",
           "RDS_ENDPOINT=${aws_db_instance.production.address}",
           "RDS_DB_NAME=${var.db_name}",
           "DEDUP_SECRET_ID=${aws_secretsmanager_secret.dedup_writer.arn}",
           "EXPORT_SECRET_ID=${aws_secretsmanager_secret.exporter.arn}",
+          "AUDIT_SECRET_ID=${aws_secretsmanager_secret.auditor.arn}",
           "GATHERER_IDS='${join(" ", var.gatherer_ids)}'",
           "GATHERER_DNS_SUFFIX=${aws_route53_zone.internal.name}",
           "READER_SECRET_PREFIX=kalshi-data/${var.environment}/gatherer-reader/",

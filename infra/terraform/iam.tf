@@ -114,7 +114,8 @@ resource "aws_iam_instance_profile" "gatherer" {
   role     = aws_iam_role.gatherer[each.key].name
 }
 
-# --- deduplicator (leader and standby share a role; the exporter runs on the leader candidate).
+# --- deduplicator (leader and standby share a role; the export, retention and audit jobs run on
+# the leader candidate, the jobs host).
 
 resource "aws_iam_role" "dedup" {
   name               = "${local.name}-dedup"
@@ -128,7 +129,11 @@ data "aws_iam_policy_document" "dedup" {
     resources = concat(
       [for s in aws_secretsmanager_secret.gatherer_reader : s.arn],
       [for s in aws_secretsmanager_secret.gatherer_retention : s.arn],
-      [aws_secretsmanager_secret.dedup_writer.arn, aws_secretsmanager_secret.exporter.arn],
+      [
+        aws_secretsmanager_secret.dedup_writer.arn,
+        aws_secretsmanager_secret.exporter.arn,
+        aws_secretsmanager_secret.auditor.arn,
+      ],
     )
   }
 

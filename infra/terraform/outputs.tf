@@ -44,10 +44,11 @@ output "kalshi_key_secret_arns" {
 }
 
 output "production_user_secret_arns" {
-  description = "Secrets the operator fills with the kalshi_dedup and kalshi_export passwords (JSON password) during the production bootstrap."
+  description = "Secrets the operator fills with the kalshi_dedup, kalshi_export and kalshi_audit passwords (JSON password) during the production bootstrap."
   value = {
     dedup  = aws_secretsmanager_secret.dedup_writer.arn
     export = aws_secretsmanager_secret.exporter.arn
+    audit  = aws_secretsmanager_secret.auditor.arn
   }
 }
 

@@ -4,6 +4,7 @@
 #   gatherer-retention/<gatherer> kalshi_retention password, likewise (read by the jobs host)
 #   production/dedup          {"password": "..."}  kalshi_dedup user (operator, README step 3)
 #   production/export         {"password": "..."}  kalshi_export user (operator, README step 3)
+#   production/audit          {"password": "..."}  kalshi_audit user (operator, README step 3)
 # The RDS master password is managed by RDS itself (manage_master_user_password).
 
 resource "aws_secretsmanager_secret" "kalshi" {
@@ -36,5 +37,11 @@ resource "aws_secretsmanager_secret" "dedup_writer" {
 resource "aws_secretsmanager_secret" "exporter" {
   name                    = "kalshi-data/${var.environment}/production/export"
   description             = "Password of the kalshi_export production user (JSON password)"
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret" "auditor" {
+  name                    = "kalshi-data/${var.environment}/production/audit"
+  description             = "Password of the kalshi_audit production user, role kd_auditor (JSON password)"
   recovery_window_in_days = 7
 }

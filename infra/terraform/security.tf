@@ -1,5 +1,6 @@
 # Least-privilege network paths:
-#   deduplicator -> gatherer PostgreSQL 5432, deduplicator -> RDS 5432, nothing else inbound
+#   deduplicator -> gatherer PostgreSQL 5432 and /health 8080 (kalshi-data status), deduplicator
+#   -> RDS 5432, nothing else inbound
 #   (except scraping from monitoring_cidrs); every host egresses on 443 (Kalshi, AWS APIs, apt,
 #   PyPI) and DNS. The deduplicator host needs its 443 for the trade audit too (kalshi-audit.timer
 #   pages the exchange's GET /markets/trades, docs/audit.md). The Amazon-provided resolver and time service (VPC+2, 169.254.169.123) are not
@@ -50,6 +51,25 @@ resource "aws_vpc_security_group_egress_rule" "dedup_pg_to_gatherers" {
   ip_protocol                  = "tcp"
   from_port                    = 5432
   to_port                      = 5432
+  referenced_security_group_id = aws_security_group.gatherer.id
+}
+
+# `kalshi-data status` on the deduplicator host reads each gatherer's /health (audit.yaml).
+resource "aws_vpc_security_group_ingress_rule" "gatherer_health_from_dedup" {
+  security_group_id            = aws_security_group.gatherer.id
+  description                  = "Gatherer /health from the deduplicator (kalshi-data status)"
+  ip_protocol                  = "tcp"
+  from_port                    = 8080
+  to_port                      = 8080
+  referenced_security_group_id = aws_security_group.dedup.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "dedup_health_to_gatherers" {
+  security_group_id            = aws_security_group.dedup.id
+  description                  = "Gatherer /health (kalshi-data status)"
+  ip_protocol                  = "tcp"
+  from_port                    = 8080
+  to_port                      = 8080
   referenced_security_group_id = aws_security_group.gatherer.id
 }
 

@@ -173,7 +173,7 @@ variable "enable_ssm" {
 }
 
 variable "kalshi_rest_url" {
-  description = "Kalshi REST base URL the gatherers use (demo: https://external-api.demo.kalshi.co/trade-api/v2)."
+  description = "Kalshi REST base URL the gatherers and the trade audit use (demo: https://external-api.demo.kalshi.co/trade-api/v2)."
   type        = string
   default     = "https://external-api.kalshi.com/trade-api/v2"
 }

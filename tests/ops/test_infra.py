@@ -501,3 +501,359 @@ def test_bootstrap_checksum_rejects_a_changed_wheel(tmp_path: Path) -> None:
     assert run(["bash", "-c", check]).returncode == 0
     wheel.write_bytes(b"a different wheel")
     assert run(["bash", "-c", check]).returncode != 0
+
+
+# --- the trade audit's deployment (issue 15): the jobs host runs it, node-exporter reads it.
+
+AUDIT_DSN = "file:/run/credentials/kalshi-audit.service/production-dsn"
+DEDUP_TEMPLATES = ("DedupLaunchTemplateA", "DedupLaunchTemplateB")
+# Values CloudFormation would substitute into the dedup user-data (Fn::Sub).
+CFN_VALUES = {
+    "AWS::Region": "eu-west-3",
+    "Environment": "prod",
+    "ArchiveBucket": "archive-bucket",
+    "KalshiRestUrl": "https://external-api.kalshi.com/trade-api/v2",
+}
+
+
+def _cfn_dedup_user_data() -> dict[str, str]:
+    """Launch template name -> its user-data script, before substitution."""
+    doc = yaml.safe_load(CFN.read_text())
+    return {
+        name: doc["Resources"][name]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"][
+            "Fn::Sub"
+        ]
+        for name in DEDUP_TEMPLATES
+    }
+
+
+def _cfn_sub(text: str) -> str:
+    """Fn::Sub of the parameters a config heredoc uses (an unknown name fails the test)."""
+    import re
+
+    def value(m: re.Match[str]) -> str:
+        assert m.group(1) in CFN_VALUES, f"no test value for ${{{m.group(1)}}}"
+        return CFN_VALUES[m.group(1)]
+
+    return re.sub(r"\$\{([A-Za-z0-9:.]+)\}", value, text)
+
+
+def _heredoc(script: str, path: str) -> str:
+    """The body of ``cat > path <<'TAG'`` ... ``TAG`` in a user-data script."""
+    import re
+
+    m = re.search(rf"^cat > {re.escape(path)} <<'(\w+)'\n(.*?)^\1$", script, re.M | re.S)
+    assert m, f"user-data writes no {path}"
+    return m.group(2)
+
+
+def _env_lines(script: str) -> dict[str, str]:
+    """bootstrap.env as the user-data writes it (values unsubstituted)."""
+    body = _heredoc(script, "/etc/kalshi-data/bootstrap.env")
+    return dict(line.split("=", 1) for line in body.splitlines() if line)
+
+
+def _load_audit_yaml(tmp_path: Path, text: str, name: str) -> tuple[dict[str, Any], Any, Any]:
+    """(raw YAML, AuditConfig, StatusConfig) through the application's own loaders. The DSN is
+    overridden the way an operator runs `status` by hand: the credential file exists only inside
+    the unit."""
+    from kalshi_data import audit, status
+
+    raw = yaml.safe_load(text)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    env = {"KALSHI_DATA_PRODUCTION__DSN": "host=db user=kalshi_audit"}
+    return raw, audit.load(path, env=env), status.load(path, env=env)
+
+
+def _unit_value(unit: str, key: str) -> str:
+    """The single value of ``key`` in a systemd unit of the repository."""
+    (value,) = [
+        line.split("=", 1)[1]
+        for line in (REPO / "systemd" / unit).read_text().splitlines()
+        if line.startswith(f"{key}=")
+    ]
+    return value
+
+
+def _dedup_main(tmp_path: Path, enable_export: bool) -> dict[str, Any]:
+    """Run dedup-bootstrap.sh's main() for real, in a sandbox: the steps that install packages or
+    touch the host (apt, SSM agent, wheel, CA, units, systemctl, useradd) are recorded instead,
+    secrets come from a stub, and every file the bootstrap writes lands under tmp_path.
+    Returns the systemctl calls, the credentials written, the textfile links and the
+    node-exporter defaults."""
+    root = tmp_path / ("jobs" if enable_export else "standby")
+    root.mkdir()
+    env_file = root / "bootstrap.env"
+    env_file.write_text(
+        "\n".join(
+            [
+                "AWS_REGION=eu-west-3",
+                "INSTANCE_ID=dedup-a",
+                "RDS_ENDPOINT=db.example.internal",
+                "RDS_DB_NAME=kalshi",
+                "DEDUP_SECRET_ID=sec-dedup",
+                "EXPORT_SECRET_ID=sec-export",
+                "AUDIT_SECRET_ID=sec-audit",
+                "GATHERER_IDS='g1 g2'",
+                "GATHERER_DNS_SUFFIX=prod.kalshi-data.internal",
+                "READER_SECRET_PREFIX=sec-reader/",
+                "RETENTION_SECRET_PREFIX=sec-retention/",
+                f"ENABLE_EXPORT={'true' if enable_export else 'false'}",
+                "",
+            ]
+        )
+    )
+    sandbox = f"""
+. "{SCRIPTS}/dedup-bootstrap.sh"
+R="{root}"
+for step in apt_https_only install_ssm_agent install_app fetch_ca install_units; do
+  eval "$step() {{ echo $step >> \\"\\$R/steps\\"; }}"
+done
+apt-get() {{ :; }}
+systemctl() {{ echo "$*" >> "$R/systemctl"; }}
+useradd() {{ echo "$*" >> "$R/useradd"; }}
+secret_get() {{ printf 'pw-%s' "$1"; }}
+credential_write() {{ mkdir -p "$R/credstore/$1"; cat > "$R/credstore/$1/$2"; }}
+TEXTFILE_DIR="$R/textfiles"
+NODE_EXPORTER_DEFAULTS="$R/node-exporter.default"
+DEDUP_DROPIN_DIR="$R/kalshi-dedup.service.d"
+main
+"""
+    result = subprocess.run(
+        ["bash", "-c", sandbox],
+        env={
+            "PATH": os.environ["PATH"],
+            "KALSHI_BOOTSTRAP_ENV": str(env_file),
+            "KALSHI_BOOTSTRAP_SOURCE_ONLY": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "deduplicator dedup-a provisioned" in result.stderr
+    creds = {
+        str(p.relative_to(root / "credstore")): p.read_text()
+        for p in (root / "credstore").rglob("*")
+        if p.is_file()
+    }
+    links = {}
+    if (root / "textfiles").is_dir():
+        links = {p.name: os.readlink(p) for p in (root / "textfiles").iterdir()}
+    defaults = root / "node-exporter.default"
+    return {
+        "systemctl": (root / "systemctl").read_text().splitlines(),
+        "credentials": creds,
+        "textfile_dir": str(root / "textfiles"),
+        "links": links,
+        "defaults": defaults.read_text() if defaults.exists() else None,
+    }
+
+
+def test_audit_is_deployed_on_the_jobs_host(tmp_path: Path) -> None:
+    """Both templates ship the audit's units and an audit.yaml that the audit's and the status
+    command's loaders accept; the dedup role may read the kalshi_audit secret; the bootstrap
+    writes that credential, enables kalshi-audit.timer and starts one run on the jobs host only."""
+    import re
+
+    from kalshi_data.audit import AuditConfig
+    from kalshi_data.status import StatusConfig
+
+    unit_creds = _unit_value("kalshi-audit.service", "LoadCredential")
+    assert unit_creds == "production-dsn:/etc/credstore/kalshi-audit/production-dsn"
+    # --- Terraform: units, audit.yaml, AUDIT_SECRET_ID, the secret in ReadPasswords.
+    files = _hosts_files("dedup")
+    for unit in ("kalshi-audit.service", "kalshi-audit.timer"):
+        assert files[f"/etc/kalshi-data/systemd/{unit}"] == str(MODULE_FILES / "systemd" / unit)
+    hosts = (TF / "hosts.tf").read_text()
+    assert '"/etc/kalshi-data/audit.yaml" = { mode = "0644", content = templatefile(' in hosts
+    assert '"AUDIT_SECRET_ID=${aws_secretsmanager_secret.auditor.arn}"' in hosts
+    secrets = (TF / "secrets.tf").read_text()
+    auditor = secrets[secrets.index('resource "aws_secretsmanager_secret" "auditor"') :]
+    assert 'name                    = "kalshi-data/${var.environment}/production/audit"' in auditor
+    iam = (TF / "iam.tf").read_text()
+    dedup_policy = iam[iam.index('data "aws_iam_policy_document" "dedup"') :]
+    read_passwords = dedup_policy[: dedup_policy.index('sid       = "ArchiveList"')]
+    assert 'sid     = "ReadPasswords"' in read_passwords
+    assert "aws_secretsmanager_secret.auditor.arn" in read_passwords
+    rendered = tf_render(
+        tmp_path,
+        f'templatefile("{TF}/templates/audit.yaml.tftpl", {{instance_id = "dedup-a", '
+        'gatherer_ids = ["ga", "gb", "gz"], dns_suffix = "prod.kalshi-data.internal", '
+        'kalshi_rest_url = "https://external-api.kalshi.com/trade-api/v2"})',
+    )
+    raw, audit_cfg, status_cfg = _load_audit_yaml(tmp_path, rendered, "tf-audit")
+    check_keys(raw, AuditConfig, "audit.yaml")
+    check_keys(raw["status"], StatusConfig, "audit.yaml status")
+    assert raw["production"]["dsn"] == AUDIT_DSN
+    assert audit_cfg.gatherers == ("ga", "gb", "gz")
+    assert audit_cfg.kalshi.rest_url == "https://external-api.kalshi.com/trade-api/v2"
+    assert [(e.id, e.health_url) for e in status_cfg.gatherers] == [
+        (g, f"http://{g}.prod.kalshi-data.internal:8080/health") for g in ("ga", "gb", "gz")
+    ]
+    # The health port is the one the gatherers listen on.
+    assert 'listen: "0.0.0.0:8080"' in (TF / "templates" / "gatherer.yaml.tftpl").read_text()
+    # --- CloudFormation: both dedup launch templates; the role reads AuditorSecret.
+    doc = yaml.safe_load(CFN.read_text())
+    assert doc["Resources"]["AuditorSecret"]["Properties"]["Name"] == {
+        "Fn::Sub": "kalshi-data/${Environment}/production/audit"
+    }
+    (read_stmt,) = [
+        st
+        for pol in doc["Resources"]["DedupRole"]["Properties"]["Policies"]
+        for st in pol["PolicyDocument"]["Statement"]
+        if st.get("Sid") == "ReadPasswords"
+    ]
+    assert {"Ref": "AuditorSecret"} in read_stmt["Resource"]
+    for name, script in _cfn_dedup_user_data().items():
+        (install,) = [
+            line for line in script.splitlines() if line.endswith(" /etc/kalshi-data/systemd/")
+        ]
+        for unit in ("kalshi-audit.service", "kalshi-audit.timer"):
+            assert f"/var/tmp/kalshi-data-deploy/systemd/{unit} " in install, name
+        env = _env_lines(script)
+        assert env["AUDIT_SECRET_ID"] == "${AuditorSecret}", name
+        assert env["ENABLE_EXPORT"] == ("true" if name.endswith("A") else "false"), name
+        text = _cfn_sub(_heredoc(script, "/etc/kalshi-data/audit.yaml"))
+        raw, audit_cfg, status_cfg = _load_audit_yaml(tmp_path, text, name)
+        check_keys(raw, AuditConfig, f"{name} audit.yaml")
+        check_keys(raw["status"], StatusConfig, f"{name} audit.yaml status")
+        assert raw["production"]["dsn"] == AUDIT_DSN, name
+        ids = env["GATHERER_IDS"].strip("'").split()
+        suffix = _cfn_sub(env["GATHERER_DNS_SUFFIX"])
+        assert audit_cfg.gatherers == tuple(ids), name
+        assert [(e.id, e.health_url) for e in status_cfg.gatherers] == [
+            (g, f"http://{g}.{suffix}:8080/health") for g in ids
+        ], name
+    # --- The bootstrap, run: the credential, the timer and one run on the jobs host only.
+    jobs = _dedup_main(tmp_path, enable_export=True)
+    dsn = jobs["credentials"]["kalshi-audit/production-dsn"]
+    assert re.search(r"\buser=kalshi_audit\b", dsn)
+    assert "password=pw-sec-audit " in dsn
+    assert "sslmode=verify-full" in dsn
+    assert "enable --now kalshi-export.timer kalshi-audit.timer" in jobs["systemctl"]
+    assert "start --no-block kalshi-audit.service" in jobs["systemctl"]
+    standby = _dedup_main(tmp_path, enable_export=False)
+    assert not any(c.startswith("kalshi-audit/") for c in standby["credentials"])
+    assert not any("kalshi-audit" in call for call in standby["systemctl"])
+    assert "restart kalshi-dedup" in standby["systemctl"]
+
+
+def test_audit_role_and_user_match_the_migration() -> None:
+    """The bootstrap's kalshi_audit user is created in a role that production migration 0009
+    defines, under the CLI's name for it (`create-user --role auditor`, docs/operations.md)."""
+    from kalshi_data.users import ROLES
+
+    migration = (REPO / "kalshi_data" / "migrations" / "production" / "0009_audit.sql").read_text()
+    assert ROLES["auditor"] == "kd_auditor"
+    assert "CREATE ROLE kd_auditor NOLOGIN" in migration
+    ops = (REPO / "docs" / "operations.md").read_text()
+    assert "--role auditor --user kalshi_audit --password-file audit.pw" in ops
+    put = '--secret-id "kalshi-data/$ENV/production/audit" --secret-string file://audit.json'
+    assert put in ops
+    assert (
+        'dsn_from_secret "$AUDIT_SECRET_ID" kalshi_audit'
+        in (SCRIPTS / "dedup-bootstrap.sh").read_text()
+    )
+
+
+def test_node_exporter_reads_both_job_textfiles(tmp_path: Path) -> None:
+    """On the jobs host node-exporter's textfile directory links the export's and the audit's
+    metrics files, exactly where the configs of both templates write them (in the units' own
+    directories), and node-exporter is pointed at that directory; the links can be followed and
+    re-created; the standby is left alone."""
+    jobs = _dedup_main(tmp_path, enable_export=True)
+    assert jobs["defaults"] == f'ARGS="--collector.textfile.directory={jobs["textfile_dir"]}"\n'
+    assert "restart prometheus-node-exporter" in jobs["systemctl"]
+    export_prom = jobs["links"]["kalshi-export.prom"]
+    audit_prom = jobs["links"]["kalshi-audit.prom"]
+    assert set(jobs["links"]) == {"kalshi-export.prom", "kalshi-audit.prom"}
+    # Where the units keep the files: the export's StateDirectory, the audit's RuntimeDirectory.
+    assert Path(export_prom).parent == Path("/var/lib") / _unit_value(
+        "kalshi-export.service", "StateDirectory"
+    )
+    assert Path(audit_prom).parent == Path("/run") / _unit_value(
+        "kalshi-audit.service", "RuntimeDirectory"
+    )
+    # Where the configs of both templates write them.
+    tpl = TF / "templates"
+    tf_export = yaml.safe_load(
+        tf_render(
+            tmp_path,
+            f'templatefile("{tpl}/export.yaml.tftpl", '
+            '{bucket = "b", prefix = "kalshi-data", region = "us-east-1"})',
+        )
+    )
+    tf_audit = yaml.safe_load(
+        tf_render(
+            tmp_path,
+            f'templatefile("{tpl}/audit.yaml.tftpl", {{instance_id = "dedup-a", '
+            'gatherer_ids = ["g1"], dns_suffix = "z", kalshi_rest_url = "https://r"})',
+        )
+    )
+    assert tf_export["metrics_textfile"] == export_prom
+    assert tf_audit["metrics_textfile"] == audit_prom
+    for name, script in _cfn_dedup_user_data().items():
+        cfn_export = yaml.safe_load(_cfn_sub(_heredoc(script, "/etc/kalshi-data/export.yaml")))
+        cfn_audit = yaml.safe_load(_cfn_sub(_heredoc(script, "/etc/kalshi-data/audit.yaml")))
+        assert cfn_export["metrics_textfile"] == export_prom, name
+        assert cfn_audit["metrics_textfile"] == audit_prom, name
+    # The links work and are idempotent: job_textfiles twice, then read through them.
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "export.prom").write_text("export_last_success_timestamp_seconds 1\n")
+    (real / "audit.prom").write_text("audit_last_run_timestamp_seconds 2\n")
+    textfiles = tmp_path / "textfiles-run"
+    _source_dedup_bootstrap(
+        tmp_path,
+        f'EXPORT_PROM="{real}/export.prom" AUDIT_PROM="{real}/audit.prom"; '
+        f'job_textfiles "{textfiles}" && job_textfiles "{textfiles}"',
+        "g1",
+    )
+    read = {p.name: p.read_text() for p in sorted(textfiles.glob("*.prom"))}
+    assert read == {
+        "kalshi-audit.prom": "audit_last_run_timestamp_seconds 2\n",
+        "kalshi-export.prom": "export_last_success_timestamp_seconds 1\n",
+    }
+    standby = _dedup_main(tmp_path, enable_export=False)
+    assert standby["links"] == {}
+    assert standby["defaults"] is None
+
+
+def test_dedup_host_reaches_the_exchange_and_gatherer_health() -> None:
+    """The deduplicator's security group lets the audit reach the exchange (443) and `status`
+    reach each gatherer's /health (8080), in both templates."""
+    sec = (TF / "security.tf").read_text()
+    https = sec[sec.index('resource "aws_vpc_security_group_egress_rule" "https"') :]
+    https = https[: https.index("\n}\n")]
+    assert "for_each          = local.host_sgs" in https
+    assert "from_port         = 443" in https
+    assert 'cidr_ipv4         = "0.0.0.0/0"' in https
+    assert "dedup    = aws_security_group.dedup.id" in sec
+    for rule, sg, peer in (
+        ("aws_vpc_security_group_ingress_rule", "gatherer_health_from_dedup", "dedup"),
+        ("aws_vpc_security_group_egress_rule", "dedup_health_to_gatherers", "gatherer"),
+    ):
+        block = sec[sec.index(f'resource "{rule}" "{sg}"') :]
+        block = block[: block.index("\n}\n")]
+        assert "from_port                    = 8080" in block, sg
+        assert f"referenced_security_group_id = aws_security_group.{peer}.id" in block, sg
+    res = yaml.safe_load(CFN.read_text())["Resources"]
+    egress = res["DedupSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    assert any(
+        e["FromPort"] == 443 and e["ToPort"] == 443 and e["CidrIp"] == "0.0.0.0/0" for e in egress
+    )
+    ingress = res["GathererHealthFromDedup"]["Properties"]
+    assert (ingress["FromPort"], ingress["GroupId"], ingress["SourceSecurityGroupId"]) == (
+        8080,
+        {"Ref": "GathererSecurityGroup"},
+        {"Ref": "DedupSecurityGroup"},
+    )
+    out = res["DedupEgressToGathererHealth"]["Properties"]
+    assert (out["FromPort"], out["GroupId"], out["DestinationSecurityGroupId"]) == (
+        8080,
+        {"Ref": "DedupSecurityGroup"},
+        {"Ref": "GathererSecurityGroup"},
+    )
