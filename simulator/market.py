@@ -12,6 +12,7 @@ of the steps on one market for a while; most markets stay quiet for minutes.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import random
 from collections import deque
@@ -45,6 +46,11 @@ MVE_SERIES = "KXMVECOMBO"
 MVE_PER_EVENT = 2
 #: Share of activity steps that touch a combo market (they trade rarely).
 MVE_ACTIVITY_SHARE = 0.02
+#: A market created mid-run opens (``activated``, then activity) this many seconds after its
+#: ``created`` message, at the ``open_ts`` that message announces, as on the exchange, where a
+#: market is listed before it opens for trading. Subscribers that react to ``created`` are then
+#: subscribed before its first delta: nothing is lost to a race the exchange does not have.
+OPEN_LEAD_S = (3, 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,9 @@ class Exchange:
         self._dirty = True
         self._burst: Market | None = None
         self._burst_left = 0
+        #: Markets created mid-run, by the ``open_ts`` they announced: (open_ts, index, ticker).
+        self._opening: list[tuple[int, int, str]] = []
+        self._announced: set[str] = set()
         self._build(markets, now_s)
         #: Combo markets by status; their own RNG keeps the ordinary stream of a seed unchanged.
         self.mve_rng = random.Random(seed * 7919 + 17)
@@ -499,9 +508,7 @@ class Exchange:
         st = self.by_status
         n_active = len(st["active"]) + len(st["inactive"])
         r = rng.random()
-        if r < 0.25 and st["initialized"]:
-            m = self.markets[st["initialized"].choice(rng)]
-            m.open_ts = now_s
+        if r < 0.25 and (m := self._to_open(now_s)) is not None:
             self._touch(m, "active", now_s)
             out.append((LIFECYCLE, m.ticker, shapes.lifecycle_msg(m, "activated")))
         elif r < 0.45 and (n_active < self._target_active or rng.random() < 0.2):
@@ -553,6 +560,25 @@ class Exchange:
         else:
             self._create_event(now_s, out)
 
+    def _to_open(self, now_s: int) -> Market | None:
+        """The market to activate now: a mid-run market whose announced ``open_ts`` has come,
+        else (when there is none) a random unopened market of the starting catalogue, opened
+        now. A mid-run market is never opened before its ``open_ts``."""
+        while self._opening and self._opening[0][0] <= now_s:
+            _, _, ticker = heapq.heappop(self._opening)
+            self._announced.discard(ticker)
+            m = self.markets[ticker]
+            if m.status == "initialized":
+                return m
+        pool = self.by_status["initialized"]
+        if not pool:
+            return None
+        m = self.markets[pool.choice(self.rng)]
+        if m.ticker in self._announced:
+            return None  # announced for later: not yet
+        m.open_ts = now_s
+        return m
+
     def _touch(self, m: Market, status: str, now_s: int) -> None:
         m.updated_ts = now_s
         self._set_status(m, status)
@@ -563,6 +589,9 @@ class Exchange:
         out.append((EVENT_LIFECYCLE, None, shapes.event_lifecycle_msg(ev)))
         for _ in range(self.rng.randint(1, 5)):
             m = self._new_market(ev, now_s)
+            m.open_ts = now_s + self.rng.randint(*OPEN_LEAD_S)
+            heapq.heappush(self._opening, (m.open_ts, m.index, m.ticker))
+            self._announced.add(m.ticker)
             m.weight = self.rng.randint(1, len(self.market_list)) ** -ZIPF_EXPONENT
             m.ticker_state = shapes.ticker_state(m)
             out.append((LIFECYCLE, m.ticker, shapes.created_msg(m, ev)))

@@ -105,16 +105,9 @@ async def test_issue11_conventions_capture_equal_truth_and_rest_book(
         assert await run.finish() == 0
     assert_truth(dsn, tmp_path / "truth.jsonl")
     assert query(dsn, "SELECT count(*) FROM dead_letters")[0][0] == 0
-    # Paused markets (carried by default) keep their books: an unpause is no late subscription.
-    late = {
-        t
-        for (ms,) in query(dsn, "SELECT markets FROM gaps WHERE how = 'late_subscribe'")
-        for t in ms
-    }
-    created = {
-        t for (t,) in query(dsn, "SELECT ticker FROM lifecycle_events WHERE event_type = 'created'")
-    }
-    assert late <= created, late - created
+    # Paused markets (carried by default) keep their books: an unpause is no late subscription,
+    # and markets created mid-run are subscribed before they open (assert_truth: no gap at all).
+    assert query(dsn, "SELECT count(*) FROM gaps WHERE how = 'late_subscribe'") == [(0,)]
     paused_listed = query(
         dsn, "SELECT count(DISTINCT ticker) FROM markets WHERE status = 'inactive'"
     )
@@ -239,11 +232,6 @@ async def test_issue11_mve_policy(fresh_db: str, tmp_path: Path, policy: str) ->
     report = compare(dsn, tmp_path / "truth.jsonl")
     for table, diff in report.items():
         assert not diff.extra, (table, diff.extra)
-        late = {
-            t
-            for (ms,) in query(dsn, "SELECT markets FROM gaps WHERE how = 'late_subscribe'")
-            for t in ms
-        }
-        missing = [i for i in diff.missing if not _mve(i) and not (i and i[0] in late)]
+        missing = [i for i in diff.missing if not _mve(i)]
         assert not missing, (table, missing[:5])
     assert query(dsn, "SELECT count(*) FROM markets WHERE ticker LIKE 'KXMVE%%'")[0][0] == 0

@@ -153,3 +153,40 @@ def test_issue11_mve_markets_have_their_own_lifecycle_channel() -> None:
         a.step(NOW_S * 1000 + i, out_a)
         b.step(NOW_S * 1000 + i, out_b)
     assert out_a == out_b
+
+
+def test_a_market_created_mid_run_opens_at_its_announced_open_ts_and_not_before():
+    """``created`` announces ``open_ts`` at least OPEN_LEAD_S[0] s ahead; no activation, delta,
+    trade or ticker of that market comes before it, and most of them do open within the run."""
+    from simulator.market import OPEN_LEAD_S
+
+    ex = Exchange(11, 60, NOW_S, lifecycle_share=0.05)
+    out: list[Emitted] = []
+    announced: dict[str, int] = {}
+    created_at: dict[str, int] = {}
+    first_activity: dict[str, int] = {}
+    activated_at: dict[str, int] = {}
+    for i in range(120_000):
+        now_ms = NOW_S * 1000 + i * 2  # 240 s of exchange time
+        out.clear()
+        ex.step(now_ms, out)
+        for frame_type, ticker, msg in out:
+            if ticker is None:
+                continue
+            if frame_type == "market_lifecycle_v2" and msg.get("event_type") == "created":
+                announced[ticker] = int(msg["open_ts"])
+                created_at[ticker] = now_ms // 1000
+            elif frame_type == "market_lifecycle_v2" and msg.get("event_type") == "activated":
+                activated_at.setdefault(ticker, now_ms // 1000)
+            elif frame_type in ("orderbook_delta", "trade", "ticker"):
+                first_activity.setdefault(ticker, now_ms // 1000)
+    assert len(announced) >= 10, "too few markets created mid-run to mean anything"
+    for ticker, open_ts in announced.items():
+        assert open_ts - created_at[ticker] >= OPEN_LEAD_S[0], ticker
+        if ticker in activated_at:
+            assert activated_at[ticker] >= open_ts, ticker
+        if ticker in first_activity:
+            assert ticker in activated_at, ticker
+            assert first_activity[ticker] >= activated_at[ticker], ticker
+    opened = [t for t in announced if t in activated_at]
+    assert len(opened) >= len(announced) // 2, (len(opened), len(announced))
