@@ -219,6 +219,6 @@ def assert_truth(dsn: str, truth: Path, **window: int) -> dict[str, Any]:
     report = compare(dsn, truth, **window)
     for table, diff in report.items():
         assert not diff.extra, (table, diff.extra)
-        assert not diff.missing, (table, diff.expected, diff.found, diff.missing[:5])
+        assert not diff.missing, (table, diff.expected, diff.found, list(diff.missing)[:5])
         assert diff.expected > 0, table
     return report
