@@ -78,6 +78,8 @@ KINDS: dict[str, tuple[bool, str, tuple[float, float]]] = {
     "sim_malformed": (True, "sim:{g}", (0.5, 1)),
     "sim_error_25": (True, "sim:{g}", (0.5, 1)),
     "sim_error_10": (True, "sim:{g}", (0.5, 1)),
+    "sim_error_18": (True, "sim:{g}", (0.5, 1)),
+    "sim_error_27": (True, "sim:{g}", (0.5, 1)),
     "sim_pings_stopped": (True, "sim:{g}", (5, 15)),
     "sim_slow_consumer": (True, "sim:{g}", (3, 10)),
     "rest_429_burst": (False, "rest", (0.5, 1)),
@@ -691,6 +693,20 @@ class Chaos:
 
     def _f_sim_error_10(self, f: Fault, rng: random.Random) -> bool:
         return self._sub_error(f, rng, 10)
+
+    def _command_error(self, f: Fault, rng: random.Random, code: int) -> bool:
+        """Arm the refusal of one gatherer connection's next 1-3 commands (an ``add_markets``
+        for a market just created, a resubscribe) with ``code``: the client must send again."""
+        conn = self._sim_conn(f.target, rng)
+        return conn is not None and self._admin(
+            "command_error", {"conn": conn["id"], "code": code, "n": rng.randint(1, 3)}
+        )
+
+    def _f_sim_error_18(self, f: Fault, rng: random.Random) -> bool:
+        return self._command_error(f, rng, 18)
+
+    def _f_sim_error_27(self, f: Fault, rng: random.Random) -> bool:
+        return self._command_error(f, rng, 27)
 
     def _f_sim_pings_stopped(self, f: Fault, rng: random.Random) -> bool:
         conn = self._sim_conn(f.target, rng)
