@@ -3,6 +3,8 @@ the watermark's stored form, and the cutoff response."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from kalshi_data.audit import (
@@ -49,8 +51,9 @@ def test_split_covers_the_window_once(cutoff_us: int, sources: list[str]) -> Non
     split, segs = split_window(START, END, cutoff_us)
     assert [s.source for s in segs] == sources
     assert split == min(max(cutoff_us, START * S), END * S)
-    assert segs[0].lo_us == START * S and segs[-1].hi_us == END * S
-    for a, b in zip(segs, segs[1:], strict=False):
+    assert segs[0].lo_us == START * S
+    assert segs[-1].hi_us == END * S
+    for a, b in itertools.pairwise(segs):
         assert a.hi_us == b.lo_us == split
     probes = {START * S, END * S - 1, split - 1, split, split + 1, cutoff_us - 1, cutoff_us}
     for t in probes:
@@ -72,7 +75,8 @@ def test_exact_boundary_uses_the_microsecond_not_the_millisecond() -> None:
 
 def test_segment_queries_span_whole_seconds() -> None:
     _, (hist, live) = split_window(START, END, 9000 * S + 500)
-    assert hist.path == HISTORICAL_TRADES_PATH and live.path == TRADES_PATH
+    assert hist.path == HISTORICAL_TRADES_PATH
+    assert live.path == TRADES_PATH
     assert hist.query(1000) == {"min_ts": START, "max_ts": 9001, "limit": 1000}
     assert live.query(25) == {"min_ts": 9000, "max_ts": END, "limit": 25}
 
