@@ -10,9 +10,16 @@ them. A backfilled row takes ``exchange_ts`` at millisecond precision: REST ``cr
 carries microseconds while a WS trade carries ``ts_ms`` (issue 11 item 5), and the identity
 includes ``exchange_ts``, so both copies must land on the same instant.
 
-Resumable: every page commits its backfill, its counts and the window's watermark (the cursor of
-the next page) in one transaction; a failed run leaves the window ``pending`` and the next run
-resumes at the watermark. Any exchange failure (429 / 5xx after the shared retry gives up,
+Kalshi moves trades older than its historical cutoff (``GET /historical/cutoff``,
+``trades_created_ts``; about three months) out of ``/markets/trades`` into
+``GET /historical/trades``: a window is split at the cutoff (:func:`split_window`) and each part
+paged from its source, each trade kept by its exact ``created_time``, so none is taken twice or
+missed. The cutoff is asked again after each window; a window it moved into is read again.
+
+Resumable: every page commits its backfill, its counts and the window's watermark (source, split
+and cursor of the next page, :class:`Watermark`) in one transaction; a window whose split has
+changed since (the cutoff moved into it) starts over instead; a failed run leaves the window
+``pending`` and the next run resumes at the watermark. Any exchange failure (429 / 5xx after the shared retry gives up,
 network errors) leaves the window pending with ``last_error`` and ends the run: the exchange is
 not answering, and later windows would fail the same way. Requests take tokens from one bucket
 (:class:`~kalshi_data.resilience.TokenBucket`) and retry through
@@ -22,8 +29,8 @@ When a window is complete, its ``coverage`` rows get the order-book side: per ma
 windows no gatherer was free of (every peer in a gap at once), each closed by the market's next
 snapshot in production. See docs/audit.md.
 
-Layout (about 900 lines, STYLE habit 8): config, the pure cores (planning, reconciliation,
-interval arithmetic), the SQL, the shell and the CLI stay together so one reading shows the whole
+Layout (about 1,150 lines, STYLE habit 8): config, the pure cores (planning, reconciliation,
+interval arithmetic, the live/historical split), the SQL, the shell and the CLI stay together so one reading shows the whole
 invariant "a window is done only when every page was compared"; the cores are the first split
 candidate (``_audit_core.py``) if the file grows.
 
