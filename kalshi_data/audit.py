@@ -19,9 +19,9 @@ missed. The cutoff is asked again after each window; a window it moved into is r
 Resumable: every page commits its backfill, its counts and the window's watermark (source, split
 and cursor of the next page, :class:`Watermark`) in one transaction; a window whose split has
 changed since (the cutoff moved into it) starts over instead; a failed run leaves the window
-``pending`` and the next run resumes at the watermark. Any exchange failure (429 / 5xx after the shared retry gives up,
-network errors) leaves the window pending with ``last_error`` and ends the run: the exchange is
-not answering, and later windows would fail the same way. Requests take tokens from one bucket
+``pending`` and the next run resumes at the watermark. Any exchange failure (429 / 5xx after the
+shared retry gives up, network errors) leaves the window pending with ``last_error`` and ends the
+run: the exchange is not answering, and later windows would fail the same way. Requests take tokens from one bucket
 (:class:`~kalshi_data.resilience.TokenBucket`) and retry through
 :func:`~kalshi_data.resilience.retry` (via :class:`~kalshi_data.kalshi.rest.KalshiRest`).
 
@@ -30,9 +30,9 @@ windows no gatherer was free of (every peer in a gap at once), each closed by th
 snapshot in production. See docs/audit.md.
 
 Layout (about 1,150 lines, STYLE habit 8): config, the pure cores (planning, reconciliation,
-interval arithmetic, the live/historical split), the SQL, the shell and the CLI stay together so one reading shows the whole
-invariant "a window is done only when every page was compared"; the cores are the first split
-candidate (``_audit_core.py``) if the file grows.
+interval arithmetic, the live/historical split), the SQL, the shell and the CLI stay together so
+one reading shows the whole invariant "a window is done only when every page was compared"; the
+cores are the first split candidate (``_audit_core.py``), now that the file has grown.
 
 Exit codes: 0 every window planned is done and nothing is missing after the backfill; 1 a window
 stays pending (exchange or production failure) or trades are still missing; 2 bad configuration
