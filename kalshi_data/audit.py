@@ -21,8 +21,8 @@ and cursor of the next page, :class:`Watermark`) in one transaction; a window wh
 changed since (the cutoff moved into it) starts over instead; a failed run leaves the window
 ``pending`` and the next run resumes at the watermark. Any exchange failure (429 / 5xx after the
 shared retry gives up, network errors) leaves the window pending with ``last_error`` and ends the
-run: the exchange is not answering, and later windows would fail the same way. Requests take tokens from one bucket
-(:class:`~kalshi_data.resilience.TokenBucket`) and retry through
+run: the exchange is not answering, and later windows would fail the same way. Requests take
+tokens from one bucket (:class:`~kalshi_data.resilience.TokenBucket`) and retry through
 :func:`~kalshi_data.resilience.retry` (via :class:`~kalshi_data.kalshi.rest.KalshiRest`).
 
 When a window is complete, its ``coverage`` rows get the order-book side: per market, the gap
