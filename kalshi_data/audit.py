@@ -59,7 +59,7 @@ from typing import Any
 import asyncpg
 
 from kalshi_data.config import Secret, load_config
-from kalshi_data.errors import ConfigError
+from kalshi_data.errors import ConfigError, TransientError
 from kalshi_data.jsonlog import redact
 from kalshi_data.kalshi.parse import DeadLetter, trade_from_rest
 from kalshi_data.kalshi.rest import (
@@ -713,8 +713,9 @@ class HistoricalCutoff:
         return self.us if self.known else await self.fetch(rest)
 
 
-class CutoffMoving(Exception):
-    """The historical cutoff kept moving into a window while it was paged."""
+class CutoffMoving(TransientError):
+    """The historical cutoff kept moving into a window while it was paged (the window stays
+    pending; the next run tries again)."""
 
 
 def _next_watermark(segments: Sequence[Segment], i: int, split: int, nxt: str | None) -> str:

@@ -7,6 +7,7 @@ paged makes the window read again; a second run writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from aiohttp import web
 
 from kalshi_data import audit as a
 from kalshi_data.config import load_config
@@ -22,6 +24,7 @@ from kalshi_data.kalshi.rest import KalshiRest
 from kalshi_data.migrate import migrate
 from kalshi_data.resilience import RetryPolicy
 from simulator import SimConfig, Simulator
+from simulator.rest import trade_obj
 
 WINDOW_S = 60
 LIMIT = 10
@@ -210,6 +213,59 @@ async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
     assert rest.paths.count(a.CUTOFF_PATH) == 3  # first, moved, confirmed
     assert _window(fresh_db, start)[3:] == (len(truth), len(truth), 0, 0)
     assert _trade_ids(fresh_db) == ids
+
+
+async def test_an_exchange_without_the_historical_api_is_read_live(
+    fresh_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 404 for ``/historical/cutoff`` (an older API, a stub) means no partition: logged once,
+    every window paged from ``/markets/trades`` only, the cutoff not asked again."""
+    migrate(fresh_db, "production")
+    start = a.window_floor(time.time(), WINDOW_S) - 10 * WINDOW_S
+    tid = "7b1e1f46-8a5c-4c59-9d5a-0b8e6b2c9b11"
+    msg = {
+        "trade_id": tid,
+        "market_ticker": "KXA-1",
+        "count_fp": "1.00",
+        "yes_price_dollars": "0.4100",
+        "no_price_dollars": "0.5900",
+        "taker_side": "yes",
+        "taker_outcome_side": "yes",
+        "taker_book_side": "bid",
+        "is_block_trade": False,
+    }
+    asked: list[str] = []
+
+    async def trades(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        created = (start + 5) * 1_000_000 + 123_456
+        return web.json_response({"trades": [trade_obj(msg, created)], "cursor": ""})
+
+    async def other(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response({"error": {"code": "not_found"}}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/trade-api/v2/markets/trades", trades)
+    app.router.add_get("/{tail:.*}", other)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        cfg = _cfg(fresh_db, f"http://127.0.0.1:{port}/trade-api/v2")
+        with caplog.at_level(logging.INFO, logger="kalshi_data.audit"):
+            run = await a.run_audit(cfg, now=start + 2 * WINDOW_S + 1, since=start - WINDOW_S)
+    finally:
+        await runner.cleanup()
+    assert run.complete, run.as_dict()
+    assert run.planned == 3  # the trade outside two of them is dropped client-side
+    assert asked.count("/trade-api/v2" + a.CUTOFF_PATH) == 1
+    assert a.HISTORICAL_TRADES_PATH not in {p.removeprefix("/trade-api/v2") for p in asked}
+    assert sum(1 for r in caplog.records if "no historical partition" in r.getMessage()) == 1
+    assert set(_trade_ids(fresh_db)) == {tid}
+    assert _window(fresh_db, start)[:4] == ("done", 1, None, 1)
 
 
 pytestmark = pytest.mark.timeout(180)
