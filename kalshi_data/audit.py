@@ -10,22 +10,29 @@ them. A backfilled row takes ``exchange_ts`` at millisecond precision: REST ``cr
 carries microseconds while a WS trade carries ``ts_ms`` (issue 11 item 5), and the identity
 includes ``exchange_ts``, so both copies must land on the same instant.
 
-Resumable: every page commits its backfill, its counts and the window's watermark (the cursor of
-the next page) in one transaction; a failed run leaves the window ``pending`` and the next run
-resumes at the watermark. Any exchange failure (429 / 5xx after the shared retry gives up,
-network errors) leaves the window pending with ``last_error`` and ends the run: the exchange is
-not answering, and later windows would fail the same way. Requests take tokens from one bucket
-(:class:`~kalshi_data.resilience.TokenBucket`) and retry through
+Kalshi moves trades older than its historical cutoff (``GET /historical/cutoff``,
+``trades_created_ts``; about three months) out of ``/markets/trades`` into
+``GET /historical/trades``: a window is split at the cutoff (:func:`split_window`) and each part
+paged from its source, each trade kept by its exact ``created_time``, so none is taken twice or
+missed. The cutoff is asked again after each window; a window it moved into is read again.
+
+Resumable: every page commits its backfill, its counts and the window's watermark (source, split
+and cursor of the next page, :class:`Watermark`) in one transaction; a window whose split has
+changed since (the cutoff moved into it) starts over instead; a failed run leaves the window
+``pending`` and the next run resumes at the watermark. Any exchange failure (429 / 5xx after the
+shared retry gives up, network errors) leaves the window pending with ``last_error`` and ends the
+run: the exchange is not answering, and later windows would fail the same way. Requests take
+tokens from one bucket (:class:`~kalshi_data.resilience.TokenBucket`) and retry through
 :func:`~kalshi_data.resilience.retry` (via :class:`~kalshi_data.kalshi.rest.KalshiRest`).
 
 When a window is complete, its ``coverage`` rows get the order-book side: per market, the gap
 windows no gatherer was free of (every peer in a gap at once), each closed by the market's next
 snapshot in production. See docs/audit.md.
 
-Layout (about 900 lines, STYLE habit 8): config, the pure cores (planning, reconciliation,
-interval arithmetic), the SQL, the shell and the CLI stay together so one reading shows the whole
-invariant "a window is done only when every page was compared"; the cores are the first split
-candidate (``_audit_core.py``) if the file grows.
+Layout (about 1,150 lines, STYLE habit 8): config, the pure cores (planning, reconciliation,
+interval arithmetic, the live/historical split), the SQL, the shell and the CLI stay together so
+one reading shows the whole invariant "a window is done only when every page was compared"; the
+cores are the first split candidate (``_audit_core.py``), now that the file has grown.
 
 Exit codes: 0 every window planned is done and nothing is missing after the backfill; 1 a window
 stays pending (exchange or production failure) or trades are still missing; 2 bad configuration
@@ -52,7 +59,7 @@ from typing import Any
 import asyncpg
 
 from kalshi_data.config import Secret, load_config
-from kalshi_data.errors import ConfigError
+from kalshi_data.errors import ConfigError, TransientError
 from kalshi_data.jsonlog import redact
 from kalshi_data.kalshi.parse import DeadLetter, trade_from_rest
 from kalshi_data.kalshi.rest import (
@@ -60,6 +67,7 @@ from kalshi_data.kalshi.rest import (
     DEFAULT_REQUEST_COST,
     BadResponse,
     KalshiRest,
+    NotFound,
 )
 from kalshi_data.records import TradeRec
 from kalshi_data.resilience import ErrorClass, RetryPolicy, TokenBucket, classify
@@ -70,6 +78,14 @@ log = logging.getLogger("kalshi_data.audit")
 #: The provenance of a trade the audit wrote (``trades.gatherer_id``).
 BACKFILL_ID = "rest_backfill"
 TRADES_PATH = "/markets/trades"
+HISTORICAL_TRADES_PATH = "/historical/trades"
+CUTOFF_PATH = "/historical/cutoff"
+HISTORICAL = "historical"
+LIVE = "live"
+#: the watermark of a window whose every page was read (only coverage and ``done`` remain)
+COMPLETE = "complete"
+#: restarts of one window because the historical cutoff moved while it was paged
+MAX_CUTOFF_RESTARTS = 3
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -195,6 +211,112 @@ def plan_windows(
 def ms_instant(exchange_ts_us: int) -> int:
     """The trade time at millisecond precision (in microseconds): the WS ``ts_ms`` form."""
     return exchange_ts_us - exchange_ts_us % 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """The part ``[lo_us, hi_us)`` of a window listed by one source (historical or live)."""
+
+    source: str
+    lo_us: int
+    hi_us: int
+
+    @property
+    def path(self) -> str:
+        """The endpoint that lists this part."""
+        return HISTORICAL_TRADES_PATH if self.source == HISTORICAL else TRADES_PATH
+
+    def query(self, limit: int) -> dict[str, Any]:
+        """``min_ts``/``max_ts`` in whole seconds covering the part (the exact bound is applied
+        client-side): ``max_ts`` a second past the end, whether Kalshi's bound is inclusive or
+        exclusive."""
+        return {
+            "min_ts": self.lo_us // 1_000_000,
+            "max_ts": -(-self.hi_us // 1_000_000),
+            "limit": limit,
+        }
+
+    def holds(self, created_us: int) -> bool:
+        """Whether a trade created at ``created_us`` (exact, µs) belongs to this part."""
+        return self.lo_us <= created_us < self.hi_us
+
+
+def split_window(start_s: int, end_s: int, cutoff_us: int | None) -> tuple[int, list[Segment]]:
+    """The window ``[start_s, end_s)`` cut at the exchange's historical trade cutoff.
+
+    Trades created before ``cutoff_us`` are listed only by ``/historical/trades``, the others
+    only by ``/markets/trades`` (docs.kalshi.com, Historical Data). Returns the split instant
+    (the cutoff clamped to the window; the window start when there is no partition) and the
+    non-empty parts, historical first. Every instant of the window is in exactly one part, so a
+    trade is never taken from both sources or from neither.
+    """
+    lo, hi = start_s * 1_000_000, end_s * 1_000_000
+    split = lo if cutoff_us is None else min(max(cutoff_us, lo), hi)
+    parts = [Segment(HISTORICAL, lo, split), Segment(LIVE, split, hi)]
+    return split, [p for p in parts if p.hi_us > p.lo_us]
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """Where a pending window resumes: the source of the next page, the split the window's
+    pages were read with, and the next page's cursor (None = that source's first page)."""
+
+    source: str  # historical | live | complete
+    split_us: int | None  # None: an old, unprefixed watermark (every page was live)
+    cursor: str | None
+
+    def text(self) -> str:
+        """The stored form: ``source|split_us|cursor``."""
+        return f"{self.source}|{'' if self.split_us is None else self.split_us}|{self.cursor or ''}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Watermark | None:
+        """The stored form back; an unprefixed value is a live cursor from before the
+        historical partition was read (its window was paged from ``/markets/trades`` only)."""
+        if text is None:
+            return None
+        source, sep, rest = text.partition("|")
+        if not sep or source not in (HISTORICAL, LIVE, COMPLETE):
+            return cls(LIVE, None, text or None)
+        split, _, cursor = rest.partition("|")
+        try:
+            split_us = int(split) if split else None
+        except ValueError:
+            return cls(LIVE, None, text)
+        return cls(source, split_us, cursor or None)
+
+    def resumable(self, start_s: int, split_us: int) -> bool:
+        """Whether pages read under this watermark are still right with today's split: the
+        cutoff may have moved into the window since (a live part whose rest is now historical),
+        and then the window starts over (its backfill stays; reruns count it, insert nothing)."""
+        mine = start_s * 1_000_000 if self.split_us is None else self.split_us
+        return mine == split_us
+
+
+def parse_cutoff(body: Mapping[str, Any]) -> int:
+    """``GET /historical/cutoff`` -> ``trades_created_ts`` in Unix microseconds."""
+    raw = body.get("trades_created_ts")
+    if not isinstance(raw, str):
+        raise BadResponse(f"GET {CUTOFF_PATH}: no trades_created_ts", status=200, path=CUTOFF_PATH)
+    try:
+        return rfc3339_us(raw)
+    except ValueError:
+        raise BadResponse(
+            f"GET {CUTOFF_PATH}: trades_created_ts is not a date-time", status=200, path=CUTOFF_PATH
+        ) from None
+
+
+def rfc3339_us(text: str) -> int:
+    """Unix microseconds from an RFC 3339 date-time (fractions beyond µs are cut)."""
+    head, dot, tail = text.partition(".")
+    if dot:  # fromisoformat takes at most 6 fractional digits in every 3.11 form
+        digits = len(tail) - len(tail.lstrip("0123456789"))
+        frac, zone = tail[:digits], tail[digits:]
+        text = f"{head}.{(frac + '000000')[:6]}{zone}"
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError("no time zone")
+    return (dt - _EPOCH) // timedelta(microseconds=1)
 
 
 @dataclass
@@ -499,18 +621,16 @@ def _rest(cfg: AuditConfig) -> KalshiRest:
     )
 
 
-def _parse_page(
-    page: Mapping[str, Any], start: int, end: int
-) -> tuple[list[TradeRec], Counter[str]]:
-    """The page's trades inside [start, end) (ms-precision time), and unparseable ones by ticker."""
+def _parse_page(page: Mapping[str, Any], segment: Segment) -> tuple[list[TradeRec], Counter[str]]:
+    """The page's trades inside ``segment`` (by their exact ``created_time``), at millisecond
+    precision, and the unparseable ones by ticker."""
     items = page.get("trades")
     if not isinstance(items, list):
         raise BadResponse(
-            f"GET {TRADES_PATH}: no list under 'trades'", status=200, path=TRADES_PATH
+            f"GET {segment.path}: no list under 'trades'", status=200, path=segment.path
         )
     out: list[TradeRec] = []
     bad: Counter[str] = Counter()
-    lo_us, hi_us = start * 1_000_000, end * 1_000_000
     for item in items:
         rec = trade_from_rest(item)
         if isinstance(rec, DeadLetter):
@@ -518,10 +638,23 @@ def _parse_page(
             bad[ticker if isinstance(ticker, str) else "?"] += 1
             log.warning("unparseable exchange trade: %s", rec.reason)
             continue
+        # The source boundary is the exact creation time (the cutoff need not be a whole
+        # millisecond); the window bounds are whole seconds, so ms-flooring keeps the window.
+        created = _created_us(item, rec.exchange_ts_us)
         rec.exchange_ts_us = ms_instant(rec.exchange_ts_us)
-        if lo_us <= rec.exchange_ts_us < hi_us:  # max_ts is asked one second wide (see below)
+        if segment.holds(created):  # the query is asked a second wide (Segment.query)
             out.append(rec)
     return out, bad
+
+
+def _created_us(item: Mapping[str, Any], fallback: int) -> int:
+    raw = item.get("created_time")
+    if isinstance(raw, str):
+        try:
+            return rfc3339_us(raw)
+        except ValueError:
+            pass
+    return fallback
 
 
 def _columns(trades: Sequence[TradeRec], received_at: datetime) -> list[list[Any]]:
@@ -538,14 +671,59 @@ def _columns(trades: Sequence[TradeRec], received_at: datetime) -> list[list[Any
     return cols
 
 
-def _next_cursor(page: Mapping[str, Any], cursor: str | None) -> str | None:
+def _next_cursor(page: Mapping[str, Any], cursor: str | None, path: str) -> str | None:
     """The next page's cursor (None on the last page, whose cursor is ``""``, §4)."""
     nxt = page.get("cursor")
     if not isinstance(nxt, str) or not nxt:
         return None
     if nxt == cursor:
-        raise BadResponse(f"GET {TRADES_PATH}: cursor repeats", status=200, path=TRADES_PATH)
+        raise BadResponse(f"GET {path}: cursor repeats", status=200, path=path)
     return nxt
+
+
+@dataclass
+class HistoricalCutoff:
+    """The exchange's historical trade cutoff as one run knows it (fetched when first needed,
+    again after every window to check it did not move while the window was paged)."""
+
+    us: int | None = None
+    known: bool = False
+    #: False once the exchange answered 404: no historical partition (an older API, a stub)
+    supported: bool = True
+
+    async def fetch(self, rest: KalshiRest) -> int | None:
+        """Ask the exchange again (404: no partition from now on, logged once)."""
+        if not self.supported:
+            return None
+        try:
+            body = await rest.get_json(CUTOFF_PATH)
+        except NotFound:
+            self.supported, self.known, self.us = False, True, None
+            log.info(
+                "GET %s answers 404: no historical partition, every window is read from %s",
+                CUTOFF_PATH,
+                TRADES_PATH,
+            )
+            return None
+        self.us, self.known = parse_cutoff(body), True
+        return self.us
+
+    async def current(self, rest: KalshiRest) -> int | None:
+        """The known cutoff, fetched the first time."""
+        return self.us if self.known else await self.fetch(rest)
+
+
+class CutoffMoving(TransientError):
+    """The historical cutoff kept moving into a window while it was paged (the window stays
+    pending; the next run tries again)."""
+
+
+def _next_watermark(segments: Sequence[Segment], i: int, split: int, nxt: str | None) -> str:
+    if nxt is not None:
+        return Watermark(segments[i].source, split, nxt).text()
+    if i + 1 < len(segments):
+        return Watermark(segments[i + 1].source, split, None).text()
+    return Watermark(COMPLETE, split, None).text()
 
 
 async def _gap_coverage(
@@ -576,19 +754,25 @@ async def audit_window(
     peers: Sequence[str],
     dry_run: bool = False,
     restart: bool = False,
+    cutoff: HistoricalCutoff | None = None,
 ) -> WindowResult:
     """Audit one window: page the exchange, compare, backfill, count; coverage at the end.
 
+    The part before the historical cutoff is paged from ``/historical/trades``, the rest from
+    ``/markets/trades`` (:func:`split_window`); the watermark names the source of the next page.
+
     Args:
         restart: start over even when the window is done or has a watermark (re-audit).
+        cutoff: the run's view of the historical cutoff (shared by its windows).
 
     Raises:
         WindowPending: the exchange (or production) failed; the window stays pending and the
             next run resumes from the last committed page.
     """
     end = start + cfg.window_s
+    cutoff = cutoff if cutoff is not None else HistoricalCutoff()
     total = PageTally()
-    cursor: str | None = None
+    mark: Watermark | None = None
     pages = 0
     if not dry_run:
         async with conn.transaction():
@@ -596,28 +780,33 @@ async def audit_window(
             row = await conn.fetchrow(WINDOW_READ, ts(start))
             assert row is not None
             if restart or row["status"] == "done":
-                await conn.execute(WINDOW_RESET, ts(start))
-                await conn.execute(COVERAGE_DELETE, ts(start))
+                await _reset(conn, start)
             else:
-                cursor = row["watermark"]
+                mark = Watermark.parse(row["watermark"])
                 pages = int(row["pages"])
-    # max_ts one second past the window: whether Kalshi's bound is inclusive or exclusive, the
-    # window's last second is listed; trades outside [start, end) are dropped client-side.
-    params: dict[str, Any] = {"min_ts": start, "max_ts": end, "limit": cfg.page_limit}
     try:
+        restarts = 0
         while True:
-            query = dict(params)
-            if cursor:
-                query["cursor"] = cursor
-            page = await rest.get_json(TRADES_PATH, query)
-            trades, bad = _parse_page(page, start, end)
-            nxt = _next_cursor(page, cursor)
-            tally = await _page(conn, trades, start, end, dry_run=dry_run, next_cursor=nxt, bad=bad)
-            total.add(tally)
-            pages += 1
-            cursor = nxt
-            if cursor is None:
+            split, segments = split_window(start, end, await cutoff.current(rest))
+            if pages and (mark is None or not mark.resumable(start, split)):
+                # Pages were read with another split (the cutoff moved into the window since),
+                # or by a version that left no watermark after the last page: start over.
+                log.info("window %s starts over: its pages predate the cutoff", ts(start))
+                await _reset(conn, start)
+                mark, pages = None, 0
+            pages += await _read_segments(
+                conn, rest, cfg, start, end, split, segments, mark, total, dry_run
+            )
+            # The cutoff may have moved while the window was paged (its live part's oldest pages
+            # come last): check once, and read the window again with the new split if it did.
+            if not await _cutoff_moved(cutoff, rest, start, end, split):
                 break
+            restarts += 1
+            _check_restarts(restarts)
+            log.info("window %s starts over: the historical cutoff moved while paging", ts(start))
+            if not dry_run:
+                await _reset(conn, start)
+            mark, pages, total = None, 0, PageTally()
         uncovered = await _gap_coverage(conn, start, end, peers)
         if not dry_run:
             async with conn.transaction():
@@ -644,6 +833,73 @@ async def audit_window(
     return WindowResult(start, end, total, pages, "dry-run" if dry_run else "done", uncovered)
 
 
+async def _cutoff_moved(
+    cutoff: HistoricalCutoff, rest: KalshiRest, start: int, end: int, split: int
+) -> bool:
+    """Ask for the cutoff again: did the window's split change while it was paged?"""
+    if not cutoff.supported:
+        return False
+    return split_window(start, end, await cutoff.fetch(rest))[0] != split
+
+
+def _check_restarts(restarts: int) -> None:
+    if restarts > MAX_CUTOFF_RESTARTS:
+        raise CutoffMoving(f"the historical cutoff moved {restarts} times in the window")
+
+
+async def _reset(conn: asyncpg.Connection, start: int) -> None:
+    async with conn.transaction():
+        await conn.execute(WINDOW_RESET, ts(start))
+        await conn.execute(COVERAGE_DELETE, ts(start))
+
+
+async def _read_segments(
+    conn: asyncpg.Connection,
+    rest: KalshiRest,
+    cfg: AuditConfig,
+    start: int,
+    end: int,
+    split: int,
+    segments: Sequence[Segment],
+    mark: Watermark | None,
+    total: PageTally,
+    dry_run: bool,
+) -> int:
+    """Page every part of the window from the watermark on; each page commits the next one.
+    Returns the number of pages read."""
+    pages = 0
+    first = 0
+    if mark is not None:
+        sources = [seg.source for seg in segments]
+        first = len(segments) if mark.source == COMPLETE else sources.index(mark.source)
+    for i in range(first, len(segments)):
+        seg = segments[i]
+        cursor = mark.cursor if mark is not None and i == first else None
+        params = seg.query(cfg.page_limit)
+        while True:
+            query = dict(params)
+            if cursor:
+                query["cursor"] = cursor
+            page = await rest.get_json(seg.path, query)
+            trades, bad = _parse_page(page, seg)
+            nxt = _next_cursor(page, cursor, seg.path)
+            tally = await _page(
+                conn,
+                trades,
+                start,
+                end,
+                dry_run=dry_run,
+                watermark=_next_watermark(segments, i, split, nxt),
+                bad=bad,
+            )
+            total.add(tally)
+            pages += 1
+            cursor = nxt
+            if cursor is None:
+                break
+    return pages
+
+
 async def _page(
     conn: asyncpg.Connection,
     trades: Sequence[TradeRec],
@@ -651,7 +907,7 @@ async def _page(
     end: int,
     *,
     dry_run: bool,
-    next_cursor: str | None,
+    watermark: str,
     bad: Counter[str],
 ) -> PageTally:
     """Compare one page, backfill what is missing, commit counts and watermark together."""
@@ -702,7 +958,7 @@ async def _page(
             sums["live_trades"],
             sums["backfilled"],
             sums["missing_after"],
-            next_cursor,
+            watermark,
         )
     if missing:
         log.info(
@@ -763,6 +1019,7 @@ async def run_audit(
         run.planned = len(starts)
         peers = list(cfg.gatherers) or [r[0] for r in await conn.fetch(PEERS)]
         explicit = since is not None or until is not None
+        cutoff = HistoricalCutoff()
         async with _rest(cfg) as rest:
             for start in starts:
                 try:
@@ -774,6 +1031,7 @@ async def run_audit(
                         peers=peers,
                         dry_run=dry_run,
                         restart=explicit and states.get(start) == "done",
+                        cutoff=cutoff,
                     )
                 except WindowPending as exc:
                     run.permanent = classify(exc.cause) is ErrorClass.PERMANENT

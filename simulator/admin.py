@@ -7,6 +7,7 @@ Every endpoint lives under ``/admin`` on the admin port. Requests name a connect
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -78,6 +79,7 @@ class AdminApi:
             "rate": self.rate,
             "truth_flush": self.truth_flush,
             "withhold_trades": self.withhold_trades,
+            "historical_cutoff": self.historical_cutoff,
         }
         routes = [
             web.get("/admin/connections", self.connections),
@@ -270,3 +272,31 @@ class AdminApi:
             raise AdminError(400, "n must be >= 1")
         self.sim.hub.withhold_trades(n)
         return _ok({"ok": True, "withholding": self.sim.hub.withhold})
+
+    async def historical_cutoff(self, request: web.Request) -> web.Response:
+        """Move the historical cutoff: ``ts`` RFC 3339 or Unix seconds (null = no partition).
+        Trades created before it leave ``/markets/trades`` for ``/historical/trades``."""
+        body = await _body(request)
+        if "ts" not in body:
+            raise AdminError(400, "ts is required")
+        self.sim.rest.historical_cutoff_us = cutoff_us(body["ts"])
+        return _ok({"ok": True, "historical_cutoff_us": self.sim.rest.historical_cutoff_us})
+
+
+def cutoff_us(value: Any) -> int | None:
+    """Unix microseconds from an RFC 3339 text or Unix seconds (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise AdminError(400, "ts must be RFC 3339 text or Unix seconds")
+    if isinstance(value, int | float):
+        return round(value * 1_000_000)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise AdminError(400, "ts must be RFC 3339 text or Unix seconds") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    raise AdminError(400, "ts must be RFC 3339 text or Unix seconds")

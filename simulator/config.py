@@ -59,6 +59,9 @@ class SimConfig:
             and ``market_lifecycle_v2``, and announced on ``multivariate_market_lifecycle``.
         orderbook_auth: ``GET /markets/{t}/orderbook`` and ``/markets/orderbooks`` need signed
             requests (401 otherwise), as the OpenAPI spec marks them.
+        historical_cutoff_us: trades created before this (Unix µs) are served by
+            ``GET /historical/trades`` only (None = no historical partition; admin
+            ``historical_cutoff`` moves it).
     """
 
     host: str = DEFAULT_HOST
@@ -88,6 +91,7 @@ class SimConfig:
     price_mode: str = "flag"
     mve_markets: int = 0
     orderbook_auth: bool = True
+    historical_cutoff_us: int | None = None
 
     def __post_init__(self) -> None:
         """Reject impossible values, naming the field."""

@@ -1,5 +1,10 @@
 """REST market-data endpoints under ``/trade-api/v2`` (kalshi-protocol.md §4, §5).
 
+Historical partition (docs.kalshi.com "Historical Data"): trades created before the cutoff
+(``RestContext.historical_cutoff_us``; None = no partition, ``GET /historical/cutoff`` reports the
+epoch) leave ``GET /markets/trades`` and are listed by ``GET /historical/trades`` instead, paged the
+same way. Both need no authentication (the spec's ``security: []``).
+
 Authentication where the OpenAPI spec (3.13) marks it: ``GET /markets/{ticker}/orderbook`` and
 ``GET /markets/orderbooks`` need the three signed KALSHI-ACCESS headers (401 otherwise, unless
 ``orderbook_auth`` is off); the other market-data GETs need none. A token bucket per client (its
@@ -51,6 +56,13 @@ class RestContext:
     #: Accepted API keys (set by the server) for the endpoints that need a signature.
     keys: Mapping[str, PublicKey] = field(default_factory=dict)
     unauthorized: int = 0
+    #: Trades with ``created_us`` before this are historical (None = none are).
+    historical_cutoff_us: int | None = None
+
+    def is_historical(self, created_us: int) -> bool:
+        """Whether a trade created at ``created_us`` has left the live listing."""
+        cutoff = self.historical_cutoff_us
+        return cutoff is not None and created_us < cutoff
 
 
 class BadRequest(Exception):
@@ -154,6 +166,8 @@ class RestApi:
             web.get(f"{p}/exchange/status", self.exchange_status),
             web.get(f"{p}/markets", self.markets),
             web.get(f"{p}/markets/trades", self.trades),
+            web.get(f"{p}/historical/cutoff", self.historical_cutoff),
+            web.get(f"{p}/historical/trades", self.historical_trades),
             web.get(f"{p}/markets/orderbooks", self.orderbooks),
             web.get(f"{p}/markets/{{ticker}}", self.market),
             web.get(f"{p}/markets/{{ticker}}/orderbook", self.orderbook),
@@ -281,26 +295,53 @@ class RestApi:
         return _json({"orderbooks": books})
 
     async def trades(self, request: web.Request) -> web.Response:
-        """``GET /markets/trades``: newest first; ``min_ts``/``max_ts`` Unix seconds."""
+        """``GET /markets/trades``: newest first; ``min_ts``/``max_ts`` Unix seconds; only
+        trades from the historical cutoff on."""
+        return self._trades(request, historical=False)
+
+    async def historical_trades(self, request: web.Request) -> web.Response:
+        """``GET /historical/trades``: the trades created before the cutoff, paged alike."""
+        return self._trades(request, historical=True)
+
+    async def historical_cutoff(self, _request: web.Request) -> web.Response:
+        """``GET /historical/cutoff``: one cutoff for trades, markets and orders (RFC 3339)."""
+        cutoff = rfc3339_us(self.ctx.historical_cutoff_us or 0)
+        return _json(
+            {
+                "market_settled_ts": cutoff,
+                "trades_created_ts": cutoff,
+                "orders_updated_ts": cutoff,
+            }
+        )
+
+    def _trades(self, request: web.Request, *, historical: bool) -> web.Response:
+        kind = "h" if historical else "t"
         limit = _int(request, "limit", 100, 1, 1000)
-        before = decode_cursor("t", request.query.get("cursor"), 2**62)
+        before = decode_cursor(kind, request.query.get("cursor"), 2**62)
         ticker = request.query.get("ticker") or None
         min_ms = _int(request, "min_ts", 0, 0, 2**40) * 1000
         max_ms = _int(request, "max_ts", 2**40, 0, 2**40) * 1000 + 999
+        block = request.query.get("is_block_trade")
+        block_only = None if block is None or block == "" else block.lower() in ("true", "1")
+        is_historical = self.ctx.is_historical
 
         def matches() -> Iterator[tuple[int, TradeRecord]]:
             for rec in reversed(self.ctx.exchange.trades):
                 if rec.num >= before:
+                    continue
+                if is_historical(rec.created_us) != historical:
                     continue
                 msg = rec.msg
                 if ticker is not None and msg["market_ticker"] != ticker:
                     continue
                 if not min_ms <= msg["ts_ms"] <= max_ms:
                     continue
+                if block_only is not None and bool(msg["is_block_trade"]) != block_only:
+                    continue
                 yield rec.num, rec
 
         # The cursor holds the last trade number returned; the next page takes smaller ones.
-        page, cursor = _page(matches(), limit, "t")
+        page, cursor = _page(matches(), limit, kind)
         return _json({"trades": [trade_obj(r.msg, r.created_us) for r in page], "cursor": cursor})
 
     def _event_status_ok(self, ev_markets: list[str], status: str | None) -> bool:

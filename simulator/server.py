@@ -48,7 +48,9 @@ class Simulator:
         self._replay_next = 0
         self.truth: TruthLog | None = None
         self.hub = Hub(self.config, self.exchange)
-        self.rest = RestContext(self.exchange, self.config)
+        self.rest = RestContext(
+            self.exchange, self.config, historical_cutoff_us=self.config.historical_cutoff_us
+        )
         self.ws: WsServer = WsServer(self.hub, {})
         self._paused = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -274,6 +276,7 @@ class Simulator:
             "rest_requests": self.rest.requests,
             "rest_rate_limited": self.rest.limited,
             "rest_faults_served": self.rest.faults.served,
+            "historical_cutoff_us": self.rest.historical_cutoff_us,
             "driver_lag_ticks": self.lag_ticks,
             "markets": len(ex.market_list),
             "markets_by_status": statuses,

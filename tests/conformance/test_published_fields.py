@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from kalshi_data.audit import parse_cutoff
 from kalshi_data.kalshi.parse import (
     DeadLetter,
     market_from_rest,
@@ -23,6 +24,7 @@ from kalshi_data.kalshi.parse import (
     parse_frame,
     trade_from_rest,
 )
+from kalshi_data.kalshi.rest import BadResponse
 from kalshi_data.records import (
     DeltaRec,
     LifecycleRec,
@@ -386,3 +388,34 @@ def test_rest_orderbook_fp() -> None:
     assert isinstance(out, SnapshotRec)
     assert out.yes == ((4000, 500), (4200, 1300))
     assert out.no == ((5000, 100),)
+
+
+def test_historical_trade_as_documented() -> None:
+    """``GET /historical/trades`` items (docs example: trade_id, ticker, count_fp, the two
+    prices, created_time, is_block_trade) parse as the same trade as ``/markets/trades``."""
+    obj = {
+        "trade_id": TID,
+        "ticker": "KXA-1",
+        "count_fp": "10.00",
+        "yes_price_dollars": "0.5600",
+        "no_price_dollars": "0.4400",
+        "created_time": "2023-11-07T05:31:56Z",
+        "is_block_trade": True,
+    }
+    out = trade_from_rest(obj)
+    assert isinstance(out, TradeRec)
+    assert out.exchange_ts_us == 1_699_335_116_000_000
+    assert out.is_block_trade
+
+
+def test_historical_cutoff_as_documented() -> None:
+    """``GET /historical/cutoff``: three required date-times; the audit reads
+    ``trades_created_ts`` and refuses a body without it."""
+    body = {
+        "market_settled_ts": "2023-11-07T05:31:56Z",
+        "trades_created_ts": "2023-11-07T05:31:56Z",
+        "orders_updated_ts": "2023-11-07T05:31:56Z",
+    }
+    assert parse_cutoff(body) == 1_699_335_116_000_000
+    with pytest.raises(BadResponse):
+        parse_cutoff({k: v for k, v in body.items() if k != "trades_created_ts"})

@@ -1,9 +1,10 @@
 """The trade audit against real processes: a simulator, three gatherers, the deduplicator and
-production clusters; every gatherer misses the same trades, the audit finds and backfills them,
-and production then equals the simulator's truth. Also: an exchange outage and 429 bursts leave
-the window pending, a backfilled trade later merged from a gatherer stays one row, a second
-audit writes nothing, coverage matches the truth, and ``status`` on a healthy and a degraded
-cluster."""
+production clusters; every gatherer misses the same trades, on both sides of the exchange's
+historical cutoff (set mid-run), the audit finds and backfills them from ``/historical/trades``
+and ``/markets/trades``, and production then equals the simulator's truth. Also: an exchange
+outage and 429 bursts leave the window pending, a backfilled trade later merged from a gatherer
+stays one row, a second audit writes nothing, coverage matches the truth, and ``status`` on a
+healthy and a degraded cluster."""
 
 from __future__ import annotations
 
@@ -145,7 +146,18 @@ def test_audit_backfills_what_every_gatherer_missed(tmp_path: Path) -> None:
         # Live trades, then five that reach no connection, then live ones again.
         t0 = _trades_emitted(info)
         _wait(lambda: _trades_emitted(info) >= t0 + 10, 60, "live trades")
-        _admin(info, "withhold_trades", {"n": 5})
+        # Three are withheld before the exchange's historical cutoff, set mid-run (older trades
+        # leave /markets/trades for /historical/trades), and two after it.
+        _admin(info, "withhold_trades", {"n": 3})
+        _wait(lambda: _admin(info, "stats")["trades_withheld"] == 3, 60, "3 withheld trades")
+        t1 = _trades_emitted(info)
+        _wait(lambda: _trades_emitted(info) >= t1 + 10, 60, "more live trades")
+        cutoff_us = int(
+            _admin(info, "historical_cutoff", {"ts": time.time()})["historical_cutoff_us"]
+        )
+        t1 = _trades_emitted(info)
+        _wait(lambda: _trades_emitted(info) >= t1 + 5, 60, "live trades after the cutoff")
+        _admin(info, "withhold_trades", {"n": 2})
         _wait(lambda: _admin(info, "stats")["trades_withheld"] == 5, 60, "5 withheld trades")
         t1 = _trades_emitted(info)
         _wait(lambda: _trades_emitted(info) >= t1 + 10, 60, "more live trades")
@@ -171,6 +183,8 @@ def test_audit_backfills_what_every_gatherer_missed(tmp_path: Path) -> None:
         withheld = after_cut - union
         before = _ids(prod)
         assert withheld.isdisjoint(before)
+        # The audit must read both sources to find them all.
+        assert sorted(truth[t][1] * 1000 < cutoff_us for t in withheld) == [False] * 2 + [True] * 3
 
         # An exchange outage (every attempt answers 503): the window stays pending.
         _admin(info, "rest_faults", {"status": 503, "count": 3})

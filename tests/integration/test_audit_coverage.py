@@ -67,7 +67,8 @@ async def _trades_in(sim: Simulator, start: int, n: int) -> None:
 
 
 class _FailAfterFirstPage(KalshiRest):
-    """A real client that arms the simulator's 503 answers once the first page is read."""
+    """A real client that arms the simulator's 503 answers once the first page of trades is
+    read (the historical cutoff is asked first)."""
 
     def __init__(self, sim: Simulator, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,7 +76,8 @@ class _FailAfterFirstPage(KalshiRest):
 
     async def get_json(self, path: str, params: Any = None) -> dict[str, Any]:
         page = await super().get_json(path, params)
-        self.sim.rest.faults.pending_5xx = 1000
+        if path.endswith("/trades"):
+            self.sim.rest.faults.pending_5xx = 1000
         return page
 
 

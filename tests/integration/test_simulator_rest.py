@@ -14,6 +14,7 @@ import pytest
 from simulator import SimConfig, Simulator
 from simulator.auth import sign_headers
 from simulator.catalog import STATUS_FILTER
+from simulator.fixed import rfc3339_us
 
 
 @pytest.fixture
@@ -177,6 +178,57 @@ async def test_trades_newest_first_with_cursor_and_time_filter(sim: Simulator):
         future = int(time.time()) + 3600
         page = await get(http, f"{sim.rest_url}/markets/trades?min_ts={future}")
         assert page == {"trades": [], "cursor": ""}
+
+
+async def test_historical_cutoff_splits_the_trade_history(sim: Simulator):
+    """Trades created before the cutoff leave ``/markets/trades`` for ``/historical/trades``
+    (paged alike, no signature needed); ``/historical/cutoff`` reports it (the epoch when there
+    is none); the admin API moves it."""
+
+    async def all_pages(http: aiohttp.ClientSession, path: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            page = await get(http, f"{sim.rest_url}{path}?limit=40&cursor={cursor}")
+            out += page["trades"]
+            cursor = page["cursor"]
+            if not cursor:
+                return out
+
+    await wait_for(lambda: len(sim.exchange.trades) > 100)
+    sim.pause()
+    kept = list(sim.exchange.trades)
+    async with aiohttp.ClientSession() as http:
+        assert await get(http, f"{sim.rest_url}/historical/cutoff") == {
+            "market_settled_ts": "1970-01-01T00:00:00.000000Z",
+            "trades_created_ts": "1970-01-01T00:00:00.000000Z",
+            "orders_updated_ts": "1970-01-01T00:00:00.000000Z",
+        }
+        assert await all_pages(http, "/historical/trades") == []
+        cut = kept[len(kept) // 2].created_us
+        async with http.post(
+            f"{sim.admin_url}/historical_cutoff", json={"ts": rfc3339_us(cut)}
+        ) as r:
+            assert r.status == 200
+            assert (await r.json())["historical_cutoff_us"] == cut
+        body = await get(http, f"{sim.rest_url}/historical/cutoff")
+        assert body["trades_created_ts"] == rfc3339_us(cut)
+        old = await all_pages(http, "/historical/trades")
+        live = await all_pages(http, "/markets/trades")
+        assert [t["trade_id"] for t in old] == [
+            t.msg["trade_id"] for t in reversed(kept) if t.created_us < cut
+        ]
+        assert [t["trade_id"] for t in live] == [
+            t.msg["trade_id"] for t in reversed(kept) if t.created_us >= cut
+        ]
+        assert {"trade_id", "ticker", "count_fp", "created_time"} <= set(old[0])
+        # Unix seconds work too; a cursor of one listing is refused by the other.
+        async with http.post(f"{sim.admin_url}/historical_cutoff", json={"ts": 1}) as r:
+            assert (await r.json())["historical_cutoff_us"] == 1_000_000
+        page = await get(http, f"{sim.rest_url}/markets/trades?limit=5")
+        await get(http, f"{sim.rest_url}/historical/trades?cursor={page['cursor']}", 400)
+        async with http.post(f"{sim.admin_url}/historical_cutoff", json={}) as r:
+            assert r.status == 400
 
 
 async def test_events_series_and_status(sim: Simulator):
