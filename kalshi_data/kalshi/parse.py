@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 from asyncpg.pgproto.pgproto import UUID as _CUUID
 
+from kalshi_data.errors import KalshiDataError
 from kalshi_data.kalshi.fixedpoint import (
     MAX_TS_US,
     MIN_TS_US,
@@ -155,7 +156,7 @@ class Frame:
     raw: bytes | str
 
 
-class _Reject(Exception):  # internal control flow, never escapes
+class _Reject(KalshiDataError):  # internal control flow, never escapes
     """A validation failure; its message becomes the dead letter's reason."""
 
 
