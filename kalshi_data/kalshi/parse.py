@@ -654,32 +654,40 @@ def _decode_frame_checked(raw: bytes | bytearray | memoryview | str) -> Frame | 
         data = _to_bytes(raw)
     except Exception as exc:  # never raise: bad input is a dead letter
         return _dead(f"undecodable frame: {type(exc).__name__}", b"")
-    ftype = "frame"
     try:
-        if len(data) > MAX_FRAME_BYTES:
-            return _dead(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}", data)
+        obj = _frame_object(data)
+        if isinstance(obj, str):
+            return _dead(obj, data)
+        ftype: str = obj["type"]
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            return _dead(f"invalid JSON: {exc}", data)
-        if not isinstance(obj, dict):
-            return _dead("frame is not a JSON object", data)
-        wire_type = obj.get("type")
-        if not isinstance(wire_type, str) or not wire_type or len(wire_type) > MAX_SHORT_STR:
-            return _dead("frame has no valid type", data)
-        ftype = wire_type
-        return Frame(
-            type=ftype,
-            id=_opt_int(obj, "id"),
-            sid=_opt_int(obj, "sid"),
-            seq=_opt_int(obj, "seq"),
-            msg=obj.get("msg"),
-            raw=data,
-        )
-    except _Reject as exc:
-        return _dead(f"{ftype}: {exc}", data)
+            return Frame(
+                type=ftype,
+                id=_opt_int(obj, "id"),
+                sid=_opt_int(obj, "sid"),
+                seq=_opt_int(obj, "seq"),
+                msg=obj.get("msg"),
+                raw=data,
+            )
+        except _Reject as exc:
+            return _dead(f"{ftype}: {exc}", data)
     except Exception as exc:  # never crash the loop on input (DESIGN §4.5)
         return _dead(f"internal parser error: {type(exc).__name__}", data)
+
+
+def _frame_object(data: bytes) -> dict[str, Any] | str:
+    """The frame's JSON object with a valid ``type``, or why it is not one."""
+    if len(data) > MAX_FRAME_BYTES:
+        return f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}"
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return f"invalid JSON: {exc}"
+    if not isinstance(obj, dict):
+        return "frame is not a JSON object"
+    wire_type = obj.get("type")
+    if not isinstance(wire_type, str) or not wire_type or len(wire_type) > MAX_SHORT_STR:
+        return "frame has no valid type"
+    return obj
 
 
 def parse_data(frame: Frame) -> Record | DeadLetter:
