@@ -1,16 +1,19 @@
 """Deduplicator exceptions.
 
-DedupError
-├── NotLeader      the fencing check failed: another instance took the lease (step down)
-├── CursorMoved    the stored cursor is not the one this batch started from (reload, retry)
-├── SourceError    a gatherer database failed (its breaker counts it); cause attached
-└── FatalError     a permanent error: the process exits non-zero with this message
+KalshiDataError    (kalshi_data.errors: the core's root)
+└── DedupError     base of the deduplicator's own errors
+    ├── NotLeader      the fencing check failed: another instance took the lease (step down)
+    ├── CursorMoved    the stored cursor is not the one this batch started from (reload, retry)
+    ├── SourceError    a gatherer database failed (its breaker counts it); cause attached
+    └── FatalError     a permanent error: the process exits non-zero with this message
 """
 
 from __future__ import annotations
 
+from kalshi_data.errors import KalshiDataError
 
-class DedupError(Exception):
+
+class DedupError(KalshiDataError):
     """Base of the deduplicator's own errors."""
 
 

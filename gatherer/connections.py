@@ -37,6 +37,7 @@ from gatherer.ingest import Ingest, now_us
 from gatherer.metrics import GathererMetrics
 from gatherer.sequencing import OpenGap
 from gatherer.shards import AddMarkets, DeleteMarkets, ShardPlan, Subscribe, SubscriptionLayout
+from kalshi_data.kalshi.codes import RETRYABLE, WsErrorCode
 from kalshi_data.kalshi.parse import DeadLetter
 from kalshi_data.kalshi.signer import Signer
 from kalshi_data.kalshi.wsconnect import ws_connect
@@ -62,10 +63,10 @@ FIREHOSE: tuple[str, ...] = ("trade", "ticker", "market_lifecycle_v2")
 #: The combo markets' lifecycle channel, added to the firehose when ``mve_markets: include``.
 MVE_LIFECYCLE = "multivariate_market_lifecycle"
 #: Error 26: subscription market limit exceeded (kalshi-protocol.md §3.2).
-MARKET_LIMIT = 26
+MARKET_LIMIT = WsErrorCode.SUBSCRIPTION_MARKET_LIMIT_EXCEEDED
 #: Errors after which the same command is sent again after a pause, nothing else changed
 #: (issue 11): 18 command timeout, 27 per-subscription command rate limit.
-RETRY_CODES = frozenset({18, 27})
+RETRY_CODES = RETRYABLE
 
 #: A close code after which the server's close is not worth a warning (normal, going away).
 _CLEAN_CLOSE = frozenset({1000, 1001})

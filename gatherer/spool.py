@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import orjson
 
+from gatherer.errors import SpoolFormatError
 from kalshi_data.tables import BY_NAME
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ SUFFIX = ".spool"
 DEFAULT_SEGMENT_BYTES = 16 << 20
 
 Row = tuple[Any, ...]
-
-
-class SpoolFormatError(ValueError):
-    """A record's checksum matched but its payload is not a ``[table, rows]`` batch."""
 
 
 # --------------------------------------------------------------------------- payload codec

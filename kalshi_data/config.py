@@ -23,7 +23,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -218,78 +218,133 @@ def _init_fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
 
 
 def _convert(value: Any, tp: Any, key: str, secrets: _Secrets) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors: list[ConfigError] = []
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, a, key, secrets)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(key, f"expected {_type_name(tp)}")
-    if origin is typing.Literal:
-        if not any(type(value) is type(a) and value == a for a in args):  # 1 is not True
-            raise ConfigError(key, f"must be one of {list(args)}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(key, f"expected a list, got {type(value).__name__}")
-        item_types = _item_types(tp, len(value), key)
-        items = [
-            _convert(v, t, f"{key}[{i}]", secrets)
-            for i, (v, t) in enumerate(zip(value, item_types, strict=True))
-        ]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}", secrets) for k, v in value.items()}
+    """``value`` checked (and converted) as field type ``tp``; one converter per kind of type."""
+    structural = _STRUCTURAL.get(typing.get_origin(tp))
+    if structural is not None:
+        return structural(value, tp, key, secrets)
     if _is_dataclass_type(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(
-                key, f"expected a mapping ({tp.__name__}), got {type(value).__name__}"
-            )
-        return _build(tp, value, key, secrets)
-    if tp is Any:
+        return _convert_dataclass(value, tp, key, secrets)
+    scalar = _SCALARS.get(tp)
+    if scalar is None:
+        raise ConfigError(key, f"unsupported field type {_type_name(tp)}")
+    return scalar(value, tp, key, secrets)
+
+
+def _convert_union(value: Any, tp: Any, key: str, secrets: _Secrets) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors: list[ConfigError] = []
+    for a in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, a, key, secrets)
+        except ConfigError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise ConfigError(key, f"expected {_type_name(tp)}")
+
+
+def _convert_literal(value: Any, tp: Any, key: str, _secrets: _Secrets) -> Any:
+    args = typing.get_args(tp)
+    if not any(type(value) is type(a) and value == a for a in args):  # 1 is not True
+        raise ConfigError(key, f"must be one of {list(args)}, got {value!r}")
+    return value
+
+
+def _convert_sequence(value: Any, tp: Any, key: str, secrets: _Secrets) -> Any:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(key, f"expected a list, got {type(value).__name__}")
+    item_types = _item_types(tp, len(value), key)
+    items = [
+        _convert(v, t, f"{key}[{i}]", secrets)
+        for i, (v, t) in enumerate(zip(value, item_types, strict=True))
+    ]
+    return tuple(items) if typing.get_origin(tp) is tuple else items
+
+
+def _convert_dict(value: Any, tp: Any, key: str, secrets: _Secrets) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+    item = typing.get_args(tp)[1]
+    return {str(k): _convert(v, item, f"{key}.{k}", secrets) for k, v in value.items()}
+
+
+def _convert_dataclass(value: Any, tp: Any, key: str, secrets: _Secrets) -> Any:
+    if isinstance(value, tp):
         return value
-    if tp is Secret:
-        if isinstance(value, Secret):
-            return value
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string (secret), got {type(value).__name__}")
-        return Secret(secrets.resolve(value, key))
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {type(value).__name__}")
-        return secrets.resolve(value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping ({tp.__name__}), got {type(value).__name__}")
+    return _build(tp, value, key, secrets)
+
+
+def _convert_any(value: Any, _tp: Any, _key: str, _secrets: _Secrets) -> Any:
+    return value
+
+
+def _convert_secret(value: Any, _tp: Any, key: str, secrets: _Secrets) -> Any:
+    if isinstance(value, Secret):
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string (secret), got {type(value).__name__}")
+    return Secret(secrets.resolve(value, key))
+
+
+def _convert_str(value: Any, _tp: Any, key: str, secrets: _Secrets) -> Any:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {type(value).__name__}")
+    return secrets.resolve(value, key)
+
+
+def _convert_bool(value: Any, _tp: Any, key: str, _secrets: _Secrets) -> Any:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _convert_int(value: Any, _tp: Any, key: str, _secrets: _Secrets) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    return value
+
+
+def _convert_float(value: Any, _tp: Any, key: str, _secrets: _Secrets) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _convert_path(value: Any, _tp: Any, key: str, _secrets: _Secrets) -> Any:
+    if isinstance(value, Path):
         return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(key, f"expected a finite number, got {value!r}")
-        return float(value)
-    if tp is Path:
-        if isinstance(value, Path):
-            return value
-        if not isinstance(value, str) or not value:
-            raise ConfigError(key, f"expected a path, got {value!r}")
-        return Path(value)
-    raise ConfigError(key, f"unsupported field type {_type_name(tp)}")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"expected a path, got {value!r}")
+    return Path(value)
+
+
+_Converter = Callable[[Any, Any, str, "_Secrets"], Any]
+
+#: Converters for generic annotations, by ``typing.get_origin``.
+_STRUCTURAL: dict[Any, _Converter] = {
+    typing.Union: _convert_union,
+    types.UnionType: _convert_union,
+    typing.Literal: _convert_literal,
+    tuple: _convert_sequence,
+    list: _convert_sequence,
+    dict: _convert_dict,
+}
+#: Converters for plain field types (``Any`` passes the value through unchecked).
+_SCALARS: dict[Any, _Converter] = {
+    Any: _convert_any,
+    Secret: _convert_secret,
+    str: _convert_str,
+    bool: _convert_bool,
+    int: _convert_int,
+    float: _convert_float,
+    Path: _convert_path,
+}
 
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str, secrets: _Secrets) -> T:
@@ -319,39 +374,65 @@ def _parse_env(raw: str, tp: Any, key: str) -> Any:
     if inner is not None:
         return None if raw == "" else _parse_env(raw, inner, key)
     origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        for arg in typing.get_args(tp):
-            text = str(arg).lower() if isinstance(arg, bool) else str(arg)
-            if text == (raw.lower() if isinstance(arg, bool) else raw):
-                return arg
-        raise ConfigError(key, f"must be one of {list(typing.get_args(tp))}, got {raw!r}")
-    if tp is bool:
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise ConfigError(key, f"expected true or false, got {raw!r}")
-    if tp is int:
-        try:
-            return int(raw, 10)
-        except ValueError:
-            raise ConfigError(key, f"expected an integer, got {raw!r}") from None
-    if tp is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(key, f"expected a number, got {raw!r}") from None
-    if origin in (tuple, list):
-        if raw.lstrip().startswith("["):
-            return _yaml_value(raw, key)
-        parts = [p.strip() for p in raw.split(",")] if raw.strip() else []
-        return [
-            _parse_env(p, t, f"{key}[{i}]")
-            for i, (p, t) in enumerate(zip(parts, _item_types(tp, len(parts), key), strict=True))
-        ]
+    parser = _ENV_BY_ORIGIN.get(origin) if origin is not None else _ENV_BY_TYPE.get(tp)
+    if parser is not None:
+        return parser(raw, tp, key)
     if origin is dict or _is_dataclass_type(tp) or origin in (typing.Union, types.UnionType):
         return _yaml_value(raw, key)
     return raw  # str, Secret, Path, Any: the text itself
+
+
+def _env_literal(raw: str, tp: Any, key: str) -> Any:
+    for arg in typing.get_args(tp):
+        text = str(arg).lower() if isinstance(arg, bool) else str(arg)
+        if text == (raw.lower() if isinstance(arg, bool) else raw):
+            return arg
+    raise ConfigError(key, f"must be one of {list(typing.get_args(tp))}, got {raw!r}")
+
+
+def _env_bool(raw: str, _tp: Any, key: str) -> Any:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(key, f"expected true or false, got {raw!r}")
+
+
+def _env_int(raw: str, _tp: Any, key: str) -> Any:
+    try:
+        return int(raw, 10)
+    except ValueError:
+        raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+
+
+def _env_float(raw: str, _tp: Any, key: str) -> Any:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(key, f"expected a number, got {raw!r}") from None
+
+
+def _env_sequence(raw: str, tp: Any, key: str) -> Any:
+    """``a,b`` (each item parsed by its type) or a YAML flow list ``[a, b]``."""
+    if raw.lstrip().startswith("["):
+        return _yaml_value(raw, key)
+    parts = [p.strip() for p in raw.split(",")] if raw.strip() else []
+    return [
+        _parse_env(p, t, f"{key}[{i}]")
+        for i, (p, t) in enumerate(zip(parts, _item_types(tp, len(parts), key), strict=True))
+    ]
+
+
+_EnvParser = Callable[[str, Any, str], Any]
+
+#: Environment parsers for generic annotations, by ``typing.get_origin``.
+_ENV_BY_ORIGIN: dict[Any, _EnvParser] = {
+    typing.Literal: _env_literal,
+    tuple: _env_sequence,
+    list: _env_sequence,
+}
+#: Environment parsers for plain types (others take the text itself, or YAML; see above).
+_ENV_BY_TYPE: dict[Any, _EnvParser] = {bool: _env_bool, int: _env_int, float: _env_float}
 
 
 def _yaml_value(raw: str, key: str) -> Any:

@@ -31,12 +31,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from kalshi_data.errors import KalshiDataError
 from kalshi_data.migrate import migrate
 from kalshi_data.pgcluster import PgCluster, free_port
 from kalshi_data.truth import compare
 from kalshi_data.users import create_user
 
 console = Console(stderr=True)
+
+
+class DemoError(KalshiDataError, RuntimeError):
+    """The demo cannot start one of its processes."""
 
 
 @dataclass
@@ -181,7 +186,7 @@ def _start_simulator(demo: Demo, args: argparse.Namespace) -> None:
     assert sim.proc.stdout is not None
     line = sim.proc.stdout.readline()
     if not line:
-        raise RuntimeError(f"the simulator did not start: see {sim.log}")
+        raise DemoError(f"the simulator did not start: see {sim.log}")
     demo.sim_info = json.loads(line)
 
 

@@ -1,10 +1,24 @@
-"""The core exception tree.
+"""The core exception tree: the root of every package's own errors except the simulator's.
 
     KalshiDataError
     ├── ConfigError(key, message)   bad configuration: the process refuses to start, naming the key
     ├── TransientError              classify() -> RETRYABLE (a passing fault: retry with backoff)
-    │   └── CircuitOpenError        retry() gave up while a circuit breaker refused every call
-    └── PermanentError              classify() -> PERMANENT (retrying would only hide it)
+    │   ├── CircuitOpenError        retry() gave up while a circuit breaker refused every call
+    │   └── kalshi.rest.RestTransientError (also RestError): RateLimited, ServerError
+    ├── PermanentError              classify() -> PERMANENT (retrying would only hide it)
+    │   ├── kalshi.signer.KeyError_ an unreadable or invalid key file
+    │   └── kalshi.rest.RestPermanentError (also RestError): ClientError (NotFound, AuthError),
+    │                               ResponseTooLarge, BadResponse
+    ├── kalshi.rest.RestError       an HTTP exchange failed (fields: status, path, code)
+    ├── kalshi.fixedpoint.SubunitPrice (also ValueError): a price finer than 1/10,000 $
+    ├── migrate.MigrationError, pgcluster.PgClusterError, importer.RestoreError,
+    │   users.UserError, demo.DemoError, retention.RetentionError
+    │                               (each also a RuntimeError: callers catch it as one)
+    ├── gatherer.errors.GathererError   the gatherer's root (see that module)
+    └── deduplicator.errors.DedupError  the deduplicator's root (see that module)
+
+The simulator's root, ``simulator.errors.SimulatorError``, stands apart: it is the exchange.
+Misuse of an API (a server started twice) stays a builtin ``RuntimeError``.
 
 Structured fields ride along as keyword arguments (``component=``, ``gatherer=``...), available
 as ``exc.fields`` for logging; messages never carry secrets.

@@ -27,12 +27,12 @@ import psycopg
 import pyarrow.parquet as pq
 
 from kalshi_data.config import load_config
-from kalshi_data.errors import ConfigError
+from kalshi_data.errors import ConfigError, KalshiDataError
 from kalshi_data.export import ExportConfig, manifest_key, object_key, verify_object
 from kalshi_data.tables import BY_NAME, TableSpec
 
 
-class RestoreError(RuntimeError):
+class RestoreError(KalshiDataError, RuntimeError):
     """The archive cannot be restored as asked (missing day, object not matching its manifest)."""
 
 

@@ -31,6 +31,7 @@ from kalshi_data.dbcheck import (
     STATUS_QUERY_UNMIGRATED,
     not_preloaded_message,
 )
+from kalshi_data.errors import KalshiDataError
 
 Target = Literal["gatherer", "production"]
 TARGETS: tuple[Target, ...] = ("gatherer", "production")
@@ -52,7 +53,7 @@ ACCEPTED_CHECKSUMS: dict[tuple[str, str], dict[str, str]] = {
 }
 
 
-class MigrationError(RuntimeError):
+class MigrationError(KalshiDataError, RuntimeError):
     """A migration cannot be applied (edited file, wrong target, bad SQL)."""
 
 

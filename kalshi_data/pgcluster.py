@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psycopg
 
+from kalshi_data.errors import KalshiDataError
+
 DEFAULT_SETTINGS: dict[str, str] = {
     "listen_addresses": "'127.0.0.1'",
     "timezone": "'UTC'",
@@ -61,7 +63,7 @@ TIMESCALEDB_SETTINGS: dict[str, str] = {
 _REGISTRY: dict[Path, PgCluster] = {}
 
 
-class PgClusterError(RuntimeError):
+class PgClusterError(KalshiDataError, RuntimeError):
     """A cluster operation (initdb, start, stop, backup, promote) failed."""
 
 

@@ -25,7 +25,7 @@ import asyncpg
 
 from kalshi_data.config import resolve_secret
 from kalshi_data.dbcheck import check_timescale_preload
-from kalshi_data.errors import ConfigError, PermanentError
+from kalshi_data.errors import ConfigError, KalshiDataError, PermanentError
 from kalshi_data.restore import parse_duration
 from kalshi_data.tables import TIMESERIES_TABLES
 
@@ -39,6 +39,10 @@ class Decision:
     action: str  # "dropped", "kept: unsynced rows", "kept: newer than the bound", "would drop"
 
 
+class RetentionError(KalshiDataError, RuntimeError):
+    """Retention refuses to drop anything: no sync cursor, or a cursor of another cluster."""
+
+
 async def _cursor(prod: asyncpg.Connection, gatherer_id: str, table: str) -> tuple[int, int, str]:
     row = await prod.fetchrow(
         "SELECT last_xid::text::bigint, last_id, system_identifier FROM sync_cursors "
@@ -47,7 +51,9 @@ async def _cursor(prod: asyncpg.Connection, gatherer_id: str, table: str) -> tup
         table,
     )
     if row is None or row[2] is None:
-        raise RuntimeError(f"no cursor for gatherer {gatherer_id} table {table}: nothing is synced")
+        raise RetentionError(
+            f"no cursor for gatherer {gatherer_id} table {table}: nothing is synced"
+        )
     return int(row[0]), int(row[1]), str(row[2])
 
 
@@ -102,7 +108,7 @@ async def run_retention(
         for spec in TIMESERIES_TABLES:
             last_xid, last_id, cursor_sysid = await _cursor(prod, gatherer_id, spec.name)
             if cursor_sysid != sysid:
-                raise RuntimeError(
+                raise RetentionError(
                     f"cursor of {gatherer_id}/{spec.name} belongs to cluster {cursor_sysid}, "
                     f"this database is {sysid}: refusing to drop anything"
                 )

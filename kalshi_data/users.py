@@ -12,6 +12,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from kalshi_data.errors import KalshiDataError
+
 #: Public role names (the CLI's choices) -> group role in the database.
 ROLES: dict[str, str] = {
     "gatherer_writer": "kd_gatherer_writer",
@@ -25,7 +27,7 @@ ROLES: dict[str, str] = {
 _READ_ONLY = {"dedup_reader", "analyst"}
 
 
-class UserError(RuntimeError):
+class UserError(KalshiDataError, RuntimeError):
     """The user cannot be created (unknown role, role missing in this database)."""
 
 

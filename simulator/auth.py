@@ -1,6 +1,6 @@
 """API-key authentication (kalshi-protocol.md §2): RSA-PSS / Ed25519 signatures over ts+METHOD+path.
 
-:func:`verify` is pure (headers, clock and keys in; key id or :class:`AuthError` out); the
+:func:`verify` is pure (headers, clock and keys in; key id or :class:`AuthRefused` out); the
 WebSocket shell calls it before upgrading and answers a refusal with HTTP 401.
 """
 
@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from simulator.errors import SimulatorError
+
 PublicKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 KEY_HEADER = "KALSHI-ACCESS-KEY"
@@ -25,12 +27,16 @@ TS_HEADER = "KALSHI-ACCESS-TIMESTAMP"
 SIG_HEADER = "KALSHI-ACCESS-SIGNATURE"
 
 
-class AuthError(Exception):
+class AuthRefused(SimulatorError):
     """A refused request; ``reason`` is a short machine-readable word (never a secret)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+#: TEMP until simulator/rest.py imports AuthRefused (that file is being edited elsewhere).
+AuthError = AuthRefused
 
 
 def load_public_key(pem: bytes) -> PublicKey:
@@ -52,25 +58,25 @@ def verify(
     now_ms: int,
     skew_ms: int,
 ) -> str:
-    """Check the three KALSHI-ACCESS headers; return the key id or raise :class:`AuthError`.
+    """Check the three KALSHI-ACCESS headers; return the key id or raise :class:`AuthRefused`.
 
     The signed text is ``timestamp_ms + METHOD + path`` (query excluded); RSA keys use
     RSASSA-PSS with SHA-256, MGF1(SHA-256) and a 32-byte salt (§2).
     """
     key_id, ts, sig = headers.get(KEY_HEADER), headers.get(TS_HEADER), headers.get(SIG_HEADER)
     if not key_id or not ts or not sig:
-        raise AuthError("missing_headers")
+        raise AuthRefused("missing_headers")
     key = keys.get(key_id)
     if key is None:
-        raise AuthError("unknown_key")
+        raise AuthRefused("unknown_key")
     if not ts.isdigit():
-        raise AuthError("bad_timestamp")
+        raise AuthRefused("bad_timestamp")
     if abs(now_ms - int(ts)) > skew_ms:
-        raise AuthError("stale_timestamp")
+        raise AuthRefused("stale_timestamp")
     try:
         signature = base64.b64decode(sig, validate=True)
     except (binascii.Error, ValueError):
-        raise AuthError("bad_signature") from None
+        raise AuthRefused("bad_signature") from None
     text = f"{ts}{method.upper()}{path.split('?', 1)[0]}".encode()
     try:
         if isinstance(key, rsa.RSAPublicKey):
@@ -83,7 +89,7 @@ def verify(
         else:
             key.verify(signature, text)
     except InvalidSignature:
-        raise AuthError("bad_signature") from None
+        raise AuthRefused("bad_signature") from None
     return key_id
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from kalshi_data.kalshi.codes import MESSAGES, WsErrorCode
+
 #: Frame types that carry a per-sid ``seq`` (§3.4). ``ticker`` has none.
 SEQUENCED = frozenset(
     {
@@ -24,27 +26,13 @@ SEQUENCED = frozenset(
     }
 )
 
-#: Error code -> message text (§3.2).
-ERRORS: dict[int, str] = {
-    1: "Unable to process message",
-    2: "Params required",
-    3: "Channels required",
-    4: "Subscription IDs required",
-    5: "Unknown command",
-    7: "Unknown subscription ID",
-    8: "Unknown channel name",
-    9: "Authentication required",
-    10: "Channel error",
-    11: "Invalid parameter",
-    12: "Exactly one subscription ID is required",
-    13: "Unsupported action",
-    14: "Market Ticker required",
-    15: "Action required",
-    18: "Command timeout",
-    25: "Subscription buffer overflow",
-    26: "Subscription market limit exceeded",
-    27: "Too many requests",
-}
+#: The error codes this exchange sends (§3.2); it implements no shard, match, index or
+#: underlying-ticker parameters, so their codes (19-24, 28) never arise.
+SENT_CODES: tuple[WsErrorCode, ...] = tuple(
+    c for c in WsErrorCode if not 19 <= c <= 24 and c != WsErrorCode.UNDERLYING_TICKERS_REQUIRED
+)
+#: Error code -> message text (§3.2), from the table the client shares.
+ERRORS: dict[int, str] = {int(c): MESSAGES[c] for c in SENT_CODES}
 
 MALFORMED_KINDS = (
     "invalid_json",

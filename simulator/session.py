@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from kalshi_data.kalshi.codes import WsErrorCode as Code
 from simulator import frames, shapes
+from simulator.errors import SimulatorError
 
 if TYPE_CHECKING:
     from simulator.hub import Hub
@@ -45,8 +47,9 @@ KNOWN_CHANNELS = frozenset(DATA_CHANNELS + QUIET_CHANNELS)
 UNSEQUENCED_CHANNELS = frozenset({"ticker", "fill", "market_positions", "user_orders"})
 
 
-class CommandError(Exception):
-    """A command refused with a §3.2 error code."""
+class CommandRefused(SimulatorError):
+    """A command refused with a §3.2 error code (an exception here; the client's
+    :class:`kalshi_data.kalshi.wsproto.CommandError` is the event it becomes on the wire)."""
 
     def __init__(self, code: int, sid: int | None = None) -> None:
         super().__init__(frames.ERRORS.get(code, str(code)))
@@ -142,7 +145,7 @@ class Session:
         elif len(out) > self.hub.config.max_buffered_frames and self.subs:
             self.overflowed += 1
             for sid in list(self.subs):
-                self.end_sub(sid, 25)
+                self.end_sub(sid, Code.SUBSCRIPTION_BUFFER_OVERFLOW)
 
     def end_sub(self, sid: int, code: int) -> bool:
         """Send a terminal error (10 or 25) on ``sid`` and forget the subscription."""
@@ -167,10 +170,10 @@ class Session:
         try:
             cmd = orjson.loads(text)
         except orjson.JSONDecodeError:
-            self.push(frames.error(1))
+            self.push(frames.error(Code.UNABLE_TO_PROCESS_MESSAGE))
             return
         if not isinstance(cmd, dict):
-            self.push(frames.error(1))
+            self.push(frames.error(Code.UNABLE_TO_PROCESS_MESSAGE))
             return
         raw_id = cmd.get("id", 0)
         cmd_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else 0
@@ -181,14 +184,14 @@ class Session:
             "list_subscriptions": self._list,
         }.get(cmd.get("cmd"))  # type: ignore[arg-type]
         if handler is None:
-            self.push(frames.error(5, cmd_id))
+            self.push(frames.error(Code.UNKNOWN_COMMAND, cmd_id))
             return
         if self.refuse and cmd.get("cmd") != "list_subscriptions":
             self._refuse(cmd_id, cmd.get("params"))
             return
         try:
             handler(cmd_id, cmd.get("params"))
-        except CommandError as exc:
+        except CommandRefused as exc:
             self.push(frames.error(exc.code, cmd_id, exc.sid))
 
     def _refuse(self, cmd_id: int, params: Any) -> None:
@@ -210,36 +213,36 @@ class Session:
     def _tickers(self, params: dict[str, Any]) -> list[str] | None:
         one, many = params.get("market_ticker"), params.get("market_tickers")
         if one is not None and many is not None:
-            raise CommandError(11)
+            raise CommandRefused(Code.INVALID_PARAMETER)
         if one is not None:
             if not isinstance(one, str) or not one:
-                raise CommandError(11)
+                raise CommandRefused(Code.INVALID_PARAMETER)
             return [one]
         if many is not None:
             if not isinstance(many, list) or not many:
-                raise CommandError(11)
+                raise CommandRefused(Code.INVALID_PARAMETER)
             if not all(isinstance(t, str) and t for t in many):
-                raise CommandError(11)
+                raise CommandRefused(Code.INVALID_PARAMETER)
             return list(dict.fromkeys(many))
         return None
 
     def _subscribe(self, cmd_id: int, params: Any) -> None:
         if not isinstance(params, dict):
-            raise CommandError(2)
+            raise CommandRefused(Code.PARAMS_REQUIRED)
         channels = params.get("channels")
         if not isinstance(channels, list) or not channels:
-            raise CommandError(3)
+            raise CommandRefused(Code.CHANNELS_REQUIRED)
         if not all(isinstance(c, str) and c in KNOWN_CHANNELS for c in channels):
-            raise CommandError(8)
+            raise CommandRefused(Code.UNKNOWN_CHANNEL_NAME)
         tickers = self._tickers(params)
         if "orderbook_delta" in channels and tickers is None:
-            raise CommandError(14)
+            raise CommandRefused(Code.MARKET_TICKER_REQUIRED)
         if tickers is not None and len(tickers) > self.hub.config.max_markets_per_sub:
-            raise CommandError(26)
+            raise CommandRefused(Code.SUBSCRIPTION_MARKET_LIMIT_EXCEEDED)
         initial = params.get("send_initial_snapshot") is True
         flag = params.get("use_yes_price")
         if flag is not None and not isinstance(flag, bool):
-            raise CommandError(11)
+            raise CommandRefused(Code.INVALID_PARAMETER)
         # "flag": honoured, default false (today); "yes_default": the announced flip, where
         # the flag is ignored and NO-side levels always come on the YES scale.
         yes_scale = self.hub.config.price_mode == "yes_default" or flag is True
@@ -291,14 +294,14 @@ class Session:
 
     def _unsubscribe(self, cmd_id: int, params: Any) -> None:
         if not isinstance(params, dict):
-            raise CommandError(2)
+            raise CommandRefused(Code.PARAMS_REQUIRED)
         sids = params.get("sids")
         if not isinstance(sids, list) or not sids or not all(isinstance(s, int) for s in sids):
-            raise CommandError(4)
+            raise CommandRefused(Code.SUBSCRIPTION_IDS_REQUIRED)
         for sid in sids:
             sub = self.subs.get(sid)
             if sub is None:
-                self.push(frames.error(7, cmd_id, sid))
+                self.push(frames.error(Code.UNKNOWN_SUBSCRIPTION_ID, cmd_id, sid))
                 continue
             seq = self._control_seq(sub)
             del self.subs[sid]
@@ -306,53 +309,90 @@ class Session:
         self.hub.routes_changed()
 
     def _update(self, cmd_id: int, params: Any) -> None:
+        """update_subscription: validate the target, then one method per ``action``."""
+        sub, action = self._update_target(params)
+        tickers = self._tickers(params)
+        if action == "get_snapshot":
+            self._get_snapshot(cmd_id, sub, tickers)
+        elif action == "add_markets":
+            self._add_markets(cmd_id, params, sub, tickers)
+        else:
+            self._delete_markets(cmd_id, params, sub, tickers)
+
+    def _update_target(self, params: Any) -> tuple[Sub, str]:
+        """The subscription and action an update names; refused in §3.2 order otherwise."""
         if not isinstance(params, dict):
-            raise CommandError(2)
+            raise CommandRefused(Code.PARAMS_REQUIRED)
         sids = params.get("sids")
         sid = params.get("sid")
         if sid is None and isinstance(sids, list) and len(sids) == 1:
             sid = sids[0]
         elif sids is not None:
-            raise CommandError(12)
+            raise CommandRefused(Code.EXACTLY_ONE_SUBSCRIPTION_ID_REQUIRED)
         if not isinstance(sid, int):
-            raise CommandError(12)
+            raise CommandRefused(Code.EXACTLY_ONE_SUBSCRIPTION_ID_REQUIRED)
         sub = self.subs.get(sid)
         if sub is None:
-            raise CommandError(7, sid)
+            raise CommandRefused(Code.UNKNOWN_SUBSCRIPTION_ID, sid)
         action = params.get("action")
         if action is None:
-            raise CommandError(15, sid)
+            raise CommandRefused(Code.ACTION_REQUIRED, sid)
         if action not in ("add_markets", "delete_markets", "get_snapshot"):
-            raise CommandError(13, sid)
-        tickers = self._tickers(params)
-        if action == "get_snapshot":
-            if sub.channel != "orderbook_delta" or sub.tickers is None:
-                raise CommandError(13, sid)
-            wanted = [t for t in (tickers or list(sub.tickers)) if t in sub.tickers]
-            self._snapshots(sub, wanted, cmd_id)
-            return
+            raise CommandRefused(Code.UNSUPPORTED_ACTION, sid)
+        return sub, action
+
+    def _get_snapshot(self, cmd_id: int, sub: Sub, tickers: list[str] | None) -> None:
+        """get_snapshot: fresh snapshots (echoing ``id``) of the named or all of its markets."""
+        if sub.channel != "orderbook_delta" or sub.tickers is None:
+            raise CommandRefused(Code.UNSUPPORTED_ACTION, sub.sid)
+        wanted = [t for t in (tickers or list(sub.tickers)) if t in sub.tickers]
+        self._snapshots(sub, wanted, cmd_id)
+
+    @staticmethod
+    def _market_list(sub: Sub, tickers: list[str] | None) -> tuple[dict[str, None], list[str]]:
+        """The market set an add/delete changes and the tickers it names, or the refusal."""
         if sub.tickers is None:
-            raise CommandError(13 if sub.channel in ALL_MARKET_CHANNELS else 11, sid)
+            code = (
+                Code.UNSUPPORTED_ACTION
+                if sub.channel in ALL_MARKET_CHANNELS
+                else Code.INVALID_PARAMETER
+            )
+            raise CommandRefused(code, sub.sid)
         if tickers is None:
-            raise CommandError(14, sid)
-        added: list[str] = []
-        if action == "add_markets":
-            added = [t for t in tickers if t not in sub.tickers]
-            if len(sub.tickers) + len(added) > self.hub.config.max_markets_per_sub:
-                raise CommandError(26, sid)
-            sub.tickers.update(dict.fromkeys(added))
-        else:
-            for t in tickers:
-                sub.tickers.pop(t, None)
-        self.hub.routes_changed()
-        seq = self._control_seq(sub)
-        skip_ack = sub.skip_ack or params.get("skip_ticker_ack") is True
-        msg = None if skip_ack else {"market_tickers": list(sub.tickers)}
-        self.push(frames.reply("ok", cmd_id, sid=sid, seq=seq, msg=msg))
+            raise CommandRefused(Code.MARKET_TICKER_REQUIRED, sub.sid)
+        return sub.tickers, tickers
+
+    def _add_markets(
+        self, cmd_id: int, params: dict[str, Any], sub: Sub, tickers: list[str] | None
+    ) -> None:
+        """add_markets: widen the filter within the cap; ack, then the new markets' snapshots."""
+        current, named = self._market_list(sub, tickers)
+        added = [t for t in named if t not in current]
+        if len(current) + len(added) > self.hub.config.max_markets_per_sub:
+            raise CommandRefused(Code.SUBSCRIPTION_MARKET_LIMIT_EXCEEDED, sub.sid)
+        current.update(dict.fromkeys(added))
+        self._ack_update(cmd_id, params, sub)
         if added and sub.channel == "orderbook_delta":
             self._snapshots(sub, added, 0)
         elif added and sub.channel == "ticker" and params.get("send_initial_snapshot") is True:
             self._initial_tickers(sub, added)
+
+    def _delete_markets(
+        self, cmd_id: int, params: dict[str, Any], sub: Sub, tickers: list[str] | None
+    ) -> None:
+        """delete_markets: narrow the filter (unknown tickers are ignored) and ack."""
+        current, named = self._market_list(sub, tickers)
+        for t in named:
+            current.pop(t, None)
+        self._ack_update(cmd_id, params, sub)
+
+    def _ack_update(self, cmd_id: int, params: dict[str, Any], sub: Sub) -> None:
+        """Reroute, then the ``ok`` reply with the full market list (unless acks are skipped)."""
+        self.hub.routes_changed()
+        seq = self._control_seq(sub)
+        skip_ack = sub.skip_ack or params.get("skip_ticker_ack") is True
+        msg = None if skip_ack or sub.tickers is None else {"market_tickers": list(sub.tickers)}
+        self.push(frames.reply("ok", cmd_id, sid=sub.sid, seq=seq, msg=msg))
 
     def _list(self, cmd_id: int, _params: Any) -> None:
         listing = [{"channel": s.channel, "sid": s.sid} for s in self.subs.values()]

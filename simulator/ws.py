@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from aiohttp import WSMsgType, web
 
-from simulator.auth import AuthError, PublicKey, verify
+from simulator.auth import AuthRefused, PublicKey, verify
 from simulator.frames import ws_text_frames
 from simulator.hub import Hub, wall_ms
 from simulator.session import Session
@@ -135,7 +135,7 @@ class WsServer:
                 wall_ms(),
                 int(cfg.auth_skew_s * 1000),
             )
-        except AuthError as exc:
+        except AuthRefused as exc:
             self.refused += 1
             body = {"error": {"code": "unauthorized", "message": exc.reason, "service": "auth"}}
             return web.json_response(body, status=401)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from kalshi_data.errors import KalshiDataError
+
 #: 1 dollar in price units (1/10,000 $).
 PRICE_SCALE = 10_000
 #: 1 contract in count units (1/100 contract).
@@ -32,7 +34,7 @@ _PRICE_RE = re.compile(r"(\d{1,2})(?:\.(\d{0,6}))?")
 SUBUNIT_REASON = "finer than the storage unit"
 
 
-class SubunitPrice(ValueError):
+class SubunitPrice(KalshiDataError, ValueError):
     """A price with a non-zero 5th or 6th decimal: finer than 1/10,000 $ (never rounded)."""
 
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from asyncpg.pgproto.pgproto import UUID as _CUUID
 
+from kalshi_data.errors import KalshiDataError
 from kalshi_data.kalshi.fixedpoint import (
     MAX_TS_US,
     MIN_TS_US,
@@ -75,14 +75,55 @@ _INT64_MAX = 2**63 - 1
 #: The fast path takes frames up to this many bytes or characters (a character is at most 4
 #: UTF-8 bytes, so a str this long is within :data:`MAX_FRAME_BYTES`); longer ones are checked.
 _FAST_FRAME_LIMIT = MAX_FRAME_BYTES // 4
-#: Entries per memo table below (prices, counts and market ids repeat endlessly on the wire).
+#: Entries per memo table (prices, counts and market ids repeat endlessly on the wire).
 _MEMO_MAX = 65_536
-_price_memo: dict[str, int] = {}
-_count_memo: dict[str, int] = {}
-_signed_memo: dict[str, int] = {}
-_uuid_memo: dict[str, uuid.UUID] = {}
-#: Tickers that matched :data:`TICKER_RE` (a dict used as a bounded, ordered set).
-_ticker_memo: dict[str, None] = {}
+
+
+class Memos:
+    """The bounded memos of wire values already validated, one table per kind of value.
+
+    Only values the careful readers accepted are remembered, each table up to ``max_entries``
+    (later values are simply not remembered); the fast paths look values up here and fall back
+    to the careful readers on a miss. :meth:`clear` empties every table in place (the fast
+    paths keep no other reference), for tests and for a process that wants the memory back.
+
+    Args:
+        max_entries: Most entries per table.
+    """
+
+    __slots__ = ("counts", "max_entries", "prices", "signed", "tickers", "uuids")
+
+    def __init__(self, max_entries: int = _MEMO_MAX) -> None:
+        self.max_entries = max_entries
+        #: Price text -> price in storage units.
+        self.prices: dict[str, int] = {}
+        #: Unsigned count text -> count in storage units.
+        self.counts: dict[str, int] = {}
+        #: Signed count text (``delta_fp``) -> count in storage units.
+        self.signed: dict[str, int] = {}
+        #: Market id text -> uuid (trade ids never repeat and are not remembered).
+        self.uuids: dict[str, uuid.UUID] = {}
+        #: Tickers that matched :data:`TICKER_RE` (a dict used as a bounded, ordered set).
+        self.tickers: dict[str, None] = {}
+
+    def clear(self) -> None:
+        """Forget every remembered value."""
+        for table in (self.prices, self.counts, self.signed, self.uuids, self.tickers):
+            table.clear()
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per table, by name."""
+        return {
+            "prices": len(self.prices),
+            "counts": len(self.counts),
+            "signed": len(self.signed),
+            "uuids": len(self.uuids),
+            "tickers": len(self.tickers),
+        }
+
+
+#: The memos every parser in this process shares.
+MEMOS = Memos()
 #: Accepted ``ts_ms`` window, the millisecond form of fixedpoint's microsecond bounds.
 _MIN_TS_MS = MIN_TS_US // 1000
 _MAX_TS_MS = MAX_TS_US // 1000
@@ -91,12 +132,30 @@ _SIDES = {"yes": "yes", "no": "no"}
 _FAST_MISS = (KeyError, TypeError, ValueError)
 
 
+def _uuid_parser() -> Callable[[str], uuid.UUID]:
+    """asyncpg's C ``UUID`` when importable, else :class:`uuid.UUID` (same values either way).
+
+    The C type is asyncpg's private ``pgproto`` module, so it is only an accelerator: an asyncpg
+    without it (or none at all) costs speed, never correctness.
+    """
+    try:
+        from asyncpg.pgproto.pgproto import UUID  # noqa: PLC0415  # optional accelerator
+    except ImportError:
+        return uuid.UUID
+    return UUID  # type: ignore[no-any-return]
+
+
+#: Parses a uuid's text; a :class:`uuid.UUID` (or a subclass, equal and hash-equal to it).
+_CUUID = _uuid_parser()
+
+
 def _uuid_of(v: str) -> uuid.UUID:
     """A uuid from its string form.
 
     asyncpg's C ``UUID`` (a :class:`uuid.UUID` subclass, equal and hash-equal to it) parses ten
     times faster; the forms it refuses but :class:`uuid.UUID` accepts (braces, ``urn:uuid:``)
-    still go through :class:`uuid.UUID`, so the accepted set is unchanged.
+    still go through :class:`uuid.UUID`, so the accepted set is unchanged (and is the same when
+    the accelerator is missing).
     """
     try:
         fast: uuid.UUID = _CUUID(v)
@@ -108,25 +167,26 @@ def _uuid_of(v: str) -> uuid.UUID:
 def _memo_price(v: object) -> int:
     """parse_price with a bounded memo (only valid strings are remembered)."""
     if type(v) is str:
-        hit = _price_memo.get(v)
+        memo = MEMOS.prices
+        hit = memo.get(v)
         if hit is not None:
             return hit
         out = parse_price(v)
-        if len(_price_memo) < _MEMO_MAX:
-            _price_memo[v] = out
+        if len(memo) < MEMOS.max_entries:
+            memo[v] = out
         return out
     return parse_price(v)  # type: ignore[arg-type]  # raises the reasoned ValueError
 
 
 def _memo_count(v: object, signed: bool) -> int:
     """parse_count with a bounded memo per signedness."""
-    memo = _signed_memo if signed else _count_memo
+    memo = MEMOS.signed if signed else MEMOS.counts
     if type(v) is str:
         hit = memo.get(v)
         if hit is not None:
             return hit
         out = parse_count(v, signed=signed)
-        if len(memo) < _MEMO_MAX:
+        if len(memo) < MEMOS.max_entries:
             memo[v] = out
         return out
     return parse_count(v, signed=signed)  # type: ignore[arg-type]  # raises ValueError
@@ -155,7 +215,7 @@ class Frame:
     raw: bytes | str
 
 
-class _Reject(Exception):  # internal control flow, never escapes
+class _Reject(KalshiDataError):  # internal control flow, never escapes
     """A validation failure; its message becomes the dead letter's reason."""
 
 
@@ -221,11 +281,12 @@ def _ticker(obj: dict[str, Any], key: str) -> str:
     v = obj.get(key)
     if not isinstance(v, str):
         raise _Reject(f"{key} missing" if v is None else f"{key} must be a string")
-    if v not in _ticker_memo:
+    memo = MEMOS.tickers
+    if v not in memo:
         if TICKER_RE.fullmatch(v) is None:
             raise _Reject(f"{key} {v[:40]!r} is not a valid ticker")
-        if len(_ticker_memo) < _MEMO_MAX:
-            _ticker_memo[v] = None
+        if len(memo) < MEMOS.max_entries:
+            memo[v] = None
     return v
 
 
@@ -235,15 +296,16 @@ def _opt_uuid(obj: dict[str, Any], key: str) -> uuid.UUID | None:
         return None
     if not isinstance(v, str) or len(v) > 45:
         raise _Reject(f"{key} must be a uuid string")
-    hit = _uuid_memo.get(v)
+    memo = MEMOS.uuids
+    hit = memo.get(v)
     if hit is not None:
         return hit
     try:
         out = _uuid_of(v)
     except ValueError:
         raise _Reject(f"{key} is not a uuid") from None
-    if key == "market_id" and len(_uuid_memo) < _MEMO_MAX:
-        _uuid_memo[v] = out  # market ids repeat; trade ids never do
+    if key == "market_id" and len(memo) < MEMOS.max_entries:
+        memo[v] = out  # market ids repeat; trade ids never do
     return out
 
 
@@ -354,14 +416,15 @@ def _snapshot(msg: dict[str, Any], sid: int | None, seq: int | None) -> Snapshot
 
 def _delta(msg: dict[str, Any], sid: int | None, seq: int | None) -> DeltaRec:
     g = msg.get
+    m = MEMOS
     try:  # fast path: every value already seen and validated (see the module docstring)
         ticker = msg["market_ticker"]
-        _ticker_memo[ticker]
-        delta = _signed_memo[msg["delta_fp"]]
-        price = _price_memo[msg["price_dollars"]]
+        m.tickers[ticker]
+        delta = m.signed[msg["delta_fp"]]
+        price = m.prices[msg["price_dollars"]]
         side = _SIDES[msg["side"]]
         mid = g("market_id")
-        market_id = None if mid is None else _uuid_memo[mid]
+        market_id = None if mid is None else m.uuids[mid]
         ts = msg["ts_ms"]
         if type(ts) is not int or not _MIN_TS_MS <= ts < _MAX_TS_MS or not delta:
             raise KeyError(ts)
@@ -417,13 +480,14 @@ def _opt_short(v: object) -> str | None:
 
 def _ws_trade(msg: dict[str, Any], sid: int | None, seq: int | None) -> TradeRec:
     g = msg.get
+    m = MEMOS
     try:  # fast path (see the module docstring)
         tid = msg["trade_id"]
         if type(tid) is not str or len(tid) > 45:
             raise KeyError(tid)
         trade_id = _CUUID(tid)
         ticker = msg["market_ticker"]
-        _ticker_memo[ticker]
+        m.tickers[ticker]
         ts = msg["ts_ms"]
         if type(ts) is not int or not _MIN_TS_MS <= ts < _MAX_TS_MS:
             raise KeyError(ts)
@@ -436,9 +500,9 @@ def _ws_trade(msg: dict[str, Any], sid: int | None, seq: int | None) -> TradeRec
             trade_id,
             ticker,
             ts * 1000,
-            _price_memo[msg["yes_price_dollars"]],
-            _price_memo[msg["no_price_dollars"]],
-            _count_memo[msg["count_fp"]],
+            m.prices[msg["yes_price_dollars"]],
+            m.prices[msg["no_price_dollars"]],
+            m.counts[msg["count_fp"]],
             _opt_short(g("taker_outcome_side")),
             _opt_short(g("taker_book_side")),
             _opt_short(g("taker_side")),
@@ -458,7 +522,7 @@ def _opt_memo_price(v: object) -> int | None:
     """The fast form of :func:`_opt_price`: None or ``""`` -> None, else a memo hit or a miss."""
     if v is None or v == "":
         return None
-    return _price_memo[v]  # type: ignore[index]  # a non-str misses (KeyError / TypeError)
+    return MEMOS.prices[v]  # type: ignore[index]  # a non-str misses (KeyError / TypeError)
 
 
 def _dollars(v: object) -> int:
@@ -470,17 +534,18 @@ def _dollars(v: object) -> int:
 
 def _ticker_msg(msg: dict[str, Any], sid: int | None, seq: int | None) -> TickerRec:
     g = msg.get
+    m = MEMOS
     try:  # fast path (see the module docstring)
         ticker = msg["market_ticker"]
-        _ticker_memo[ticker]
+        m.tickers[ticker]
         mid = g("market_id")
         ts = msg["ts_ms"]
         if type(ts) is not int or not _MIN_TS_MS <= ts < _MAX_TS_MS:
             raise KeyError(ts)
-        counts = _count_memo
+        counts = m.counts
         rec = TickerRec(
             ticker,
-            None if mid is None else _uuid_memo[mid],
+            None if mid is None else m.uuids[mid],
             ts * 1000,
             _opt_memo_price(g("price_dollars")),
             _opt_memo_price(g("yes_bid_dollars")),
@@ -589,32 +654,40 @@ def _decode_frame_checked(raw: bytes | bytearray | memoryview | str) -> Frame | 
         data = _to_bytes(raw)
     except Exception as exc:  # never raise: bad input is a dead letter
         return _dead(f"undecodable frame: {type(exc).__name__}", b"")
-    ftype = "frame"
     try:
-        if len(data) > MAX_FRAME_BYTES:
-            return _dead(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}", data)
+        obj = _frame_object(data)
+        if isinstance(obj, str):
+            return _dead(obj, data)
+        ftype: str = obj["type"]
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            return _dead(f"invalid JSON: {exc}", data)
-        if not isinstance(obj, dict):
-            return _dead("frame is not a JSON object", data)
-        wire_type = obj.get("type")
-        if not isinstance(wire_type, str) or not wire_type or len(wire_type) > MAX_SHORT_STR:
-            return _dead("frame has no valid type", data)
-        ftype = wire_type
-        return Frame(
-            type=ftype,
-            id=_opt_int(obj, "id"),
-            sid=_opt_int(obj, "sid"),
-            seq=_opt_int(obj, "seq"),
-            msg=obj.get("msg"),
-            raw=data,
-        )
-    except _Reject as exc:
-        return _dead(f"{ftype}: {exc}", data)
+            return Frame(
+                type=ftype,
+                id=_opt_int(obj, "id"),
+                sid=_opt_int(obj, "sid"),
+                seq=_opt_int(obj, "seq"),
+                msg=obj.get("msg"),
+                raw=data,
+            )
+        except _Reject as exc:
+            return _dead(f"{ftype}: {exc}", data)
     except Exception as exc:  # never crash the loop on input (DESIGN §4.5)
         return _dead(f"internal parser error: {type(exc).__name__}", data)
+
+
+def _frame_object(data: bytes) -> dict[str, Any] | str:
+    """The frame's JSON object with a valid ``type``, or why it is not one."""
+    if len(data) > MAX_FRAME_BYTES:
+        return f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}"
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return f"invalid JSON: {exc}"
+    if not isinstance(obj, dict):
+        return "frame is not a JSON object"
+    wire_type = obj.get("type")
+    if not isinstance(wire_type, str) or not wire_type or len(wire_type) > MAX_SHORT_STR:
+        return "frame has no valid type"
+    return obj
 
 
 def parse_data(frame: Frame) -> Record | DeadLetter:

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from kalshi_data.kalshi import codes
 from kalshi_data.kalshi.parse import (
     CONTROL_TYPES,
     DeadLetter,
@@ -42,8 +43,8 @@ from kalshi_data.kalshi.parse import (
 )
 from kalshi_data.records import PRICE_SCALE, DeltaRec, Record, SnapshotRec
 
-#: Subscription-scoped errors after which the subscription is dead (§3.2).
-TERMINAL_ERROR_CODES = frozenset({10, 25})
+#: Subscription-scoped errors after which the subscription is dead (§3.2): 10, 25.
+TERMINAL_ERROR_CODES = codes.TERMINAL
 #: Channels whose subscriptions carry a market list.
 MARKET_CHANNELS = frozenset({"orderbook_delta", "ticker", "trade", "fill", "market_positions"})
 

@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from simulator.auth import AuthError, load_public_key, sign_headers, verify
+from simulator.auth import AuthRefused, load_public_key, sign_headers, verify
 from simulator.rest import BadRequest, decode_cursor, encode_cursor
 
 PATH = "/trade-api/ws/v2"
@@ -53,7 +53,7 @@ def test_refusals_name_the_reason(rsa_pem, mutate, reason):
     """Missing headers, unknown key, stale or bad timestamp and bad signature are refused."""
     keys = {"r": load_public_key(rsa_pem)}
     headers = mutate(sign_headers(rsa_pem, "r", "GET", PATH, NOW))
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(AuthRefused) as info:
         verify(headers, "GET", PATH, keys, NOW, 30_000)
     assert info.value.reason == reason
 
@@ -62,7 +62,7 @@ def test_signature_over_another_path_is_refused(rsa_pem):
     """A signature for a different path does not open the WebSocket."""
     keys = {"r": load_public_key(rsa_pem)}
     headers = sign_headers(rsa_pem, "r", "GET", "/trade-api/v2/markets", NOW)
-    with pytest.raises(AuthError):
+    with pytest.raises(AuthRefused):
         verify(headers, "GET", PATH, keys, NOW, 30_000)
 
 
