@@ -59,7 +59,7 @@ from typing import Any
 import asyncpg
 
 from kalshi_data.config import Secret, load_config
-from kalshi_data.errors import ConfigError, TransientError
+from kalshi_data.errors import ConfigError, KalshiDataError, TransientError
 from kalshi_data.jsonlog import redact
 from kalshi_data.kalshi.parse import DeadLetter, trade_from_rest
 from kalshi_data.kalshi.rest import (
@@ -532,7 +532,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------ shell
-class WindowPending(Exception):
+class WindowPending(KalshiDataError):
     """A window could not be finished (it stays pending); ``cause`` says why."""
 
     def __init__(self, start: int, cause: BaseException) -> None:
@@ -772,18 +772,7 @@ async def audit_window(
     end = start + cfg.window_s
     cutoff = cutoff if cutoff is not None else HistoricalCutoff()
     total = PageTally()
-    mark: Watermark | None = None
-    pages = 0
-    if not dry_run:
-        async with conn.transaction():
-            await conn.execute(WINDOW_ENSURE, ts(start), ts(end))
-            row = await conn.fetchrow(WINDOW_READ, ts(start))
-            assert row is not None
-            if restart or row["status"] == "done":
-                await _reset(conn, start)
-            else:
-                mark = Watermark.parse(row["watermark"])
-                pages = int(row["pages"])
+    mark, pages = (None, 0) if dry_run else await _open_window(conn, start, end, restart)
     try:
         restarts = 0
         while True:
@@ -809,18 +798,7 @@ async def audit_window(
             mark, pages, total = None, 0, PageTally()
         uncovered = await _gap_coverage(conn, start, end, peers)
         if not dry_run:
-            async with conn.transaction():
-                await conn.execute(COVERAGE_CLEAR_GAPS, ts(start))
-                if uncovered:
-                    tickers = sorted(uncovered)
-                    await conn.execute(
-                        COVERAGE_GAPS,
-                        ts(start),
-                        tickers,
-                        [len(uncovered[t]) for t in tickers],
-                        [sum(hi - lo for lo, hi in uncovered[t]) for t in tickers],
-                    )
-                await conn.execute(WINDOW_DONE, ts(start))
+            await _finish_window(conn, start, uncovered)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -831,6 +809,39 @@ async def audit_window(
                 log.warning("could not record the failure of window %s", ts(start).isoformat())
         raise WindowPending(start, exc) from exc
     return WindowResult(start, end, total, pages, "dry-run" if dry_run else "done", uncovered)
+
+
+async def _open_window(
+    conn: asyncpg.Connection, start: int, end: int, restart: bool
+) -> tuple[Watermark | None, int]:
+    """Ensure the window's row; its watermark and page count, or a fresh start (a re-audit,
+    or a window already done)."""
+    async with conn.transaction():
+        await conn.execute(WINDOW_ENSURE, ts(start), ts(end))
+        row = await conn.fetchrow(WINDOW_READ, ts(start))
+        assert row is not None
+        if restart or row["status"] == "done":
+            await _reset(conn, start)
+            return None, 0
+        return Watermark.parse(row["watermark"]), int(row["pages"])
+
+
+async def _finish_window(
+    conn: asyncpg.Connection, start: int, uncovered: dict[str, list[Interval]]
+) -> None:
+    """Write the window's uncovered gap coverage and mark it done, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(COVERAGE_CLEAR_GAPS, ts(start))
+        if uncovered:
+            tickers = sorted(uncovered)
+            await conn.execute(
+                COVERAGE_GAPS,
+                ts(start),
+                tickers,
+                [len(uncovered[t]) for t in tickers],
+                [sum(hi - lo for lo, hi in uncovered[t]) for t in tickers],
+            )
+        await conn.execute(WINDOW_DONE, ts(start))
 
 
 async def _cutoff_moved(

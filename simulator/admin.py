@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from kalshi_data.kalshi import codes
 from simulator import frames, shapes
+from simulator.errors import SimulatorError
 from simulator.session import Session, Sub
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-class AdminError(Exception):
+class AdminError(SimulatorError):
     """A refused admin request: HTTP ``status`` and a message."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -185,7 +187,7 @@ class AdminApi:
         """Send terminal error ``code`` (25 or 10) on ``sid`` and end that subscription."""
         body = await _body(request)
         code = _int(body, "code", 25)
-        if code not in (10, 25):
+        if code not in codes.TERMINAL:
             raise AdminError(400, "code must be 10 or 25")
         sub = self._sub(body)
         sub.session.end_sub(sub.sid, code)
@@ -196,7 +198,7 @@ class AdminApi:
         (per-subscription command rate limit); nothing changes on the exchange side."""
         body = await _body(request)
         code = _int(body, "code", 27)
-        if code not in (18, 27):
+        if code not in codes.RETRYABLE:
             raise AdminError(400, "code must be 18 or 27")
         n = _int(body, "n", 1)
         if n < 1:

@@ -35,10 +35,6 @@ class AuthRefused(SimulatorError):
         self.reason = reason
 
 
-#: TEMP until simulator/rest.py imports AuthRefused (that file is being edited elsewhere).
-AuthError = AuthRefused
-
-
 def load_public_key(pem: bytes) -> PublicKey:
     """Parse a PEM public key (RSA or Ed25519); a private key PEM is accepted too."""
     try:

@@ -26,9 +26,10 @@ from aiohttp import web
 
 from kalshi_data.resilience import TokenBucket
 from simulator import shapes
-from simulator.auth import AuthError, PublicKey, verify
+from simulator.auth import AuthRefused, PublicKey, verify
 from simulator.catalog import Market
 from simulator.config import SimConfig
+from simulator.errors import SimulatorError
 from simulator.faults import RestFaults
 from simulator.fixed import rfc3339_us
 from simulator.market import Exchange, TradeRecord
@@ -65,7 +66,7 @@ class RestContext:
         return cutoff is not None and created_us < cutoff
 
 
-class BadRequest(Exception):
+class BadRequest(SimulatorError):
     """A query parameter was out of range; answered with HTTP 400."""
 
 
@@ -199,7 +200,7 @@ class RestApi:
                     time.time_ns() // 1_000_000,
                     int(ctx.config.auth_skew_s * 1000),
                 )
-            except AuthError as exc:
+            except AuthRefused as exc:
                 ctx.unauthorized += 1
                 return _json(
                     {"error": {"code": "unauthorized", "message": exc.reason, "service": "auth"}},
