@@ -172,7 +172,7 @@ def sdk_errors(model: Any, obj: dict[str, Any]) -> set[str]:
     return set()
 
 
-async def wait_for(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+async def wait_for(cond: Callable[[], bool], limit_s: float = 30.0) -> None:
     deadline = time.monotonic() + limit_s
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
