@@ -217,6 +217,7 @@ def market_obj(m: Market) -> Json:
         "previous_yes_bid_dollars": dollars(bid),
         "previous_yes_ask_dollars": dollars(ask),
         "previous_price_dollars": dollars(m.previous_price),
+        "liquidity_dollars": "0.0000",  # OpenAPI 3.13: required, deprecated, always "0.0000"
         "settlement_bounds_type": "default",
         "expiration_value": "",
         "strike_type": m.strike_type,
@@ -249,6 +250,7 @@ def event_obj(ev: Event, nested: list[Json] | None = None) -> Json:
         "title": ev.title,
         "collateral_return_type": ev.collateral_return_type,
         "mutually_exclusive": ev.mutually_exclusive,
+        "available_on_brokers": False,  # OpenAPI 3.13 EventData: required
         "strike_date": rfc3339(ev.strike_date),
         "strike_period": "",
         "settlement_sources": [{"name": "Simulator", "url": "http://127.0.0.1/"}],
