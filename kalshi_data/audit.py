@@ -59,8 +59,7 @@ from typing import Any
 import asyncpg
 
 from kalshi_data.config import Secret, load_config
-from kalshi_data.errors import ConfigError, KalshiDataError, TransientError
-from kalshi_data.jsonlog import redact
+from kalshi_data.errors import ConfigError, KalshiDataError, TransientError, describe_error
 from kalshi_data.kalshi.parse import DeadLetter, trade_from_rest
 from kalshi_data.kalshi.rest import (
     DEFAULT_BASE_URL,
@@ -527,16 +526,12 @@ def _us(dt: datetime) -> float:
     return (dt - _EPOCH) / timedelta(seconds=1)
 
 
-def _error_text(exc: BaseException) -> str:
-    return redact(f"{type(exc).__name__}: {exc}")[:300]
-
-
 # ------------------------------------------------------------------------------------ shell
 class WindowPending(KalshiDataError):
     """A window could not be finished (it stays pending); ``cause`` says why."""
 
     def __init__(self, start: int, cause: BaseException) -> None:
-        super().__init__(f"window {ts(start).isoformat()} pending: {_error_text(cause)}")
+        super().__init__(f"window {ts(start).isoformat()} pending: {describe_error(cause)}")
         self.start = start
         self.cause = cause
 
@@ -804,7 +799,7 @@ async def audit_window(
     except Exception as exc:
         if not dry_run and not conn.is_closed():
             try:
-                await conn.execute(WINDOW_FAILED, ts(start), _error_text(exc))
+                await conn.execute(WINDOW_FAILED, ts(start), describe_error(exc))
             except Exception:  # production itself failed: the window stays pending anyway
                 log.warning("could not record the failure of window %s", ts(start).isoformat())
         raise WindowPending(start, exc) from exc
@@ -1047,7 +1042,7 @@ async def run_audit(
                 except WindowPending as exc:
                     run.permanent = classify(exc.cause) is ErrorClass.PERMANENT
                     (log.error if run.permanent else log.warning)("%s", exc)
-                    run.pending_error = _error_text(exc.cause)
+                    run.pending_error = describe_error(exc.cause)
                     run.windows.append(
                         WindowResult(start, start + cfg.window_s, PageTally(), 0, "pending")
                     )
@@ -1154,7 +1149,7 @@ def main(argv: list[str]) -> int:
         since = parse_when(args.since) if args.since else None
         until = parse_when(args.until) if args.until else None
     except (ConfigError, OSError, ValueError) as exc:
-        print(f"kalshi-data audit: {exc}", file=sys.stderr)
+        print(f"kalshi-data audit: {describe_error(exc)}", file=sys.stderr)
         return 2
     from kalshi_data.jsonlog import setup_logging  # noqa: PLC0415
 
@@ -1164,7 +1159,7 @@ def main(argv: list[str]) -> int:
             run_audit(cfg, now=args.now, since=since, until=until, dry_run=args.dry_run)
         )
     except Exception as exc:  # production unreachable, missing migration, bad credentials
-        print(f"kalshi-data audit: {_error_text(exc)}", file=sys.stderr)
+        print(f"kalshi-data audit: {describe_error(exc)}", file=sys.stderr)
         return 1 if classify(exc) is ErrorClass.RETRYABLE else 2
     print(json.dumps(run.as_dict()))
     if run.pending_error is not None:

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kalshi_data.errors import describe_error
+
 #: Subcommands implemented by a module's ``main(argv: list[str]) -> int``.
 DELEGATED: dict[str, tuple[str, str]] = {
     "sim": ("simulator.__main__", "run the local Kalshi exchange simulator"),
@@ -35,7 +37,7 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         applied = migrate(args.dsn, args.target)
     except MigrationError as exc:
-        print(f"kalshi-data migrate: error: {exc}", file=sys.stderr)
+        print(f"kalshi-data migrate: error: {describe_error(exc)}", file=sys.stderr)
         return 2
     if applied:
         for name in applied:
@@ -51,7 +53,7 @@ def _create_user(args: argparse.Namespace) -> int:
     try:
         create_user(args.dsn, args.role, args.user, read_password_file(Path(args.password_file)))
     except (UserError, OSError) as exc:
-        print(f"kalshi-data create-user: error: {exc}", file=sys.stderr)
+        print(f"kalshi-data create-user: error: {describe_error(exc)}", file=sys.stderr)
         return 2
     print(f"user {args.user} is a member of {args.role}")
     return 0

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from kalshi_data.audit import AuditConfig, connect, load
-from kalshi_data.errors import ConfigError
+from kalshi_data.errors import ConfigError, describe_error
 
 QUERY = """
 SELECT c.window_start, c.ticker, c.exchange_trades, c.live_trades, c.backfilled, c.missing_after,
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
         cfg = load(args.config)
         day = parse_day(args.day, today=datetime.now(UTC).date())
     except (ConfigError, OSError, ValueError) as exc:
-        print(f"kalshi-data coverage: {exc}", file=sys.stderr)
+        print(f"kalshi-data coverage: {describe_error(exc)}", file=sys.stderr)
         return 2
     rows = asyncio.run(fetch(cfg, day, args.market))
     if args.json:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kalshi_data.jsonlog import redact
+
 
 class KalshiDataError(Exception):
     """Base of the project's own errors.
@@ -65,3 +67,17 @@ class CircuitOpenError(TransientError):
 
 class PermanentError(KalshiDataError):
     """A failure retrying cannot fix (bad credentials, missing database, bad request)."""
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """The one summary of an exception for logs, health pages and exit messages.
+
+    ``Type: first line of the message``, secrets masked (:func:`kalshi_data.jsonlog.redact`:
+    URL passwords, ``password=`` pairs, bearer tokens, PEM keys), cut to ``limit`` characters
+    after masking so a cut can never expose the tail of a secret. An empty message gives the
+    type's name alone.
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    summary = f"{type(exc).__name__}: {redact(first)}" if first else type(exc).__name__
+    return summary[:limit]

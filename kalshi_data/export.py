@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from kalshi_data.config import Secret, load_config
-from kalshi_data.errors import ConfigError
+from kalshi_data.errors import ConfigError, describe_error
 from kalshi_data.tables import BY_NAME, LIFECYCLE_EVENTS, TIMESERIES_TABLES, TableSpec
 
 log = logging.getLogger("kalshi_data.export")
@@ -425,7 +425,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(ExportConfig, args.config)
     except (ConfigError, OSError) as exc:
-        print(f"kalshi-data export: {exc}", file=sys.stderr)
+        print(f"kalshi-data export: {describe_error(exc)}", file=sys.stderr)
         return 2
     unknown = [t for t in cfg.tables if t not in BY_NAME]
     if unknown:

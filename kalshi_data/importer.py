@@ -27,7 +27,7 @@ import psycopg
 import pyarrow.parquet as pq
 
 from kalshi_data.config import load_config
-from kalshi_data.errors import ConfigError, KalshiDataError
+from kalshi_data.errors import ConfigError, KalshiDataError, describe_error
 from kalshi_data.export import ExportConfig, manifest_key, object_key, verify_object
 from kalshi_data.tables import BY_NAME, TableSpec
 
@@ -162,12 +162,12 @@ def main(argv: list[str]) -> int:
         cfg = load_config(ExportConfig, args.config)
         first, last = date.fromisoformat(args.first), date.fromisoformat(args.last)
     except (ConfigError, OSError, ValueError) as exc:
-        print(f"kalshi-data import: {exc}", file=sys.stderr)
+        print(f"kalshi-data import: {describe_error(exc)}", file=sys.stderr)
         return 2
     try:
         result = run_import(cfg, args.table, first, last, dsn=args.dsn, migrate_target=args.migrate)
     except (RestoreError, psycopg.Error) as exc:
-        print(f"kalshi-data import: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"kalshi-data import: {describe_error(exc)}", file=sys.stderr)
         return 1
     for day, n in result.archived.items():
         print(f"{args.table} {day}: {n} archived rows, {result.inserted[day]} inserted")

@@ -23,7 +23,7 @@ import asyncpg
 
 from kalshi_data.copypipe import CopyPipe
 from kalshi_data.dbcheck import check_timescale_preload
-from kalshi_data.errors import PermanentError
+from kalshi_data.errors import PermanentError, describe_error
 from kalshi_data.tables import (
     EVENTS,
     LIFECYCLE_EVENTS,
@@ -111,12 +111,12 @@ def main(argv: list[str]) -> int:
     try:
         window = parse_duration(args.since)
     except ValueError as exc:
-        print(f"kalshi-data restore-gatherer: {exc}", file=sys.stderr)
+        print(f"kalshi-data restore-gatherer: {describe_error(exc)}", file=sys.stderr)
         return 2
     try:
         counts = asyncio.run(restore(args.production_dsn, args.gatherer_dsn, window))
     except PermanentError as exc:
-        print(f"kalshi-data restore-gatherer: {exc}", file=sys.stderr)
+        print(f"kalshi-data restore-gatherer: {describe_error(exc)}", file=sys.stderr)
         return 2
     for table, n in counts.items():
         print(f"{table}: {n} rows restored")

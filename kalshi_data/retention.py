@@ -25,7 +25,7 @@ import asyncpg
 
 from kalshi_data.config import resolve_secret
 from kalshi_data.dbcheck import check_timescale_preload
-from kalshi_data.errors import ConfigError, KalshiDataError, PermanentError
+from kalshi_data.errors import ConfigError, KalshiDataError, PermanentError, describe_error
 from kalshi_data.restore import parse_duration
 from kalshi_data.tables import TIMESERIES_TABLES
 
@@ -162,7 +162,7 @@ def main(argv: list[str]) -> int:
             )
         )
     except (ValueError, RuntimeError, ConfigError, PermanentError, asyncpg.PostgresError) as exc:
-        print(f"kalshi-data retention: {exc}", file=sys.stderr)
+        print(f"kalshi-data retention: {describe_error(exc)}", file=sys.stderr)
         return 2
     for d in decisions:
         print(f"{d.table} {d.partition}: {d.action}")

@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 
 from kalshi_data.config import Secret, load_config
-from kalshi_data.errors import ConfigError
+from kalshi_data.errors import ConfigError, describe_error
 from kalshi_data.jsonlog import redact
 
 #: Open gaps (no recovered row) for which no other gatherer is gap-free on the same markets.
@@ -311,7 +311,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load(args.config)
     except (ConfigError, OSError, ValueError) as exc:
-        print(f"kalshi-data status: {exc}", file=sys.stderr)
+        print(f"kalshi-data status: {describe_error(exc)}", file=sys.stderr)
         return 2
     st = collect(cfg, now=args.now)
     if args.json:
