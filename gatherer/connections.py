@@ -123,6 +123,10 @@ class Connection:
         self._pong = asyncio.Event()
         self._kick = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: Cleared while the writer signals back-pressure (a full spool): no reading, no reconnect.
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._closer: asyncio.Task[None] | None = None
         self._connected_once = False
         self.up = False
         self.connects = 0
@@ -136,9 +140,30 @@ class Connection:
         self.layout.desired.difference_update(remove)
         self._kick.set()
 
+    def pause(self) -> None:
+        """Stop reading: close the socket (a recorded reconnect gap) and do not reconnect."""
+        if not self._reading.is_set():
+            return
+        self._reading.clear()
+        ws = self._ws
+        if ws is not None and self._closer is None:
+            self._closer = asyncio.create_task(self._close_paused(ws), name=f"{self.name}-pause")
+
+    async def _close_paused(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), timeout=2.0)
+        finally:
+            self._closer = None
+
+    def resume(self) -> None:
+        """Reconnect (and resubscribe) after :meth:`pause`."""
+        self._reading.set()
+
     async def stop(self) -> None:
         """Stop reading and close the socket (the run loop then returns)."""
         self._stopping.set()
+        self._reading.set()
         self._kick.set()
         ws = self._ws
         if ws is not None:
@@ -152,6 +177,9 @@ class Connection:
         kalshi = self._cfg.kalshi
         async with aiohttp.ClientSession() as http:
             while not self._stopping.is_set():
+                if not self._reading.is_set():
+                    await self._reading.wait()  # paused (full spool); stop() sets it too
+                    continue
                 try:
                     ws = await ws_connect(
                         http,
@@ -185,6 +213,8 @@ class Connection:
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse, backoff: Backoff) -> None:
         self._ws = ws
+        if not self._reading.is_set():
+            return  # paused while connecting: never up, nothing missed to record
         self.proto.reset()
         self.layout.reset()
         self._pending.clear()
@@ -229,7 +259,7 @@ class Connection:
                         ingest(event.record, event.type, received)
                     else:
                         await self._control_event(event, received)
-                if self._stopping.is_set():
+                if self._stopping.is_set() or not self._reading.is_set():
                     break
         finally:
             for task in helpers:
@@ -247,7 +277,7 @@ class Connection:
             return False
         if kind is WSMsgType.ERROR:
             raise ConnectionError(f"websocket error: {_describe(msg.data)}")
-        if self._stopping.is_set():
+        if self._stopping.is_set() or not self._reading.is_set():
             return True
         if kind is WSMsgType.CLOSE and msg.data in _CLEAN_CLOSE:
             log.info("%s: the server closed the connection (code %s)", self.name, msg.data)
@@ -544,6 +574,7 @@ class ConnectionManager:
             for i in range(cfg.connections)
         ]
         self._tasks: list[asyncio.Task[None]] = []
+        self._paused = False
 
     def add_markets(self, markets: Iterable[str]) -> int:
         """Start carrying ``markets`` (each on one connection); returns how many were new."""
@@ -581,6 +612,28 @@ class ConnectionManager:
     def markets(self) -> int:
         """Markets carried."""
         return len(self.plan)
+
+    @property
+    def paused(self) -> bool:
+        """True while reading is paused (:meth:`set_reading`)."""
+        return self._paused
+
+    def set_reading(self, reading: bool) -> None:
+        """Pause (False) or resume (True) every connection: the writer's back-pressure hook."""
+        if reading == (not self._paused):
+            return
+        self._paused = not reading
+        if self._paused:
+            log.error(
+                "spool full: closing every WebSocket until it drains (a recorded gap per channel)"
+            )
+        else:
+            log.warning("spool drained below its low-water mark: reconnecting")
+        for c in self.connections:
+            if reading:
+                c.resume()
+            else:
+                c.pause()
 
     @property
     def up(self) -> int:

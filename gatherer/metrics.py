@@ -46,6 +46,24 @@ class GathererMetrics:
         self.spool_bytes = Gauge(
             "gatherer_spool_bytes", "Bytes waiting in the disk spool", g, registry=r
         )
+        self.spool_max_bytes = Gauge(
+            "gatherer_spool_max_bytes",
+            "The disk spool's bound, spool_max_bytes (0: no bound)",
+            g,
+            registry=r,
+        )
+        self.spool_full = Gauge(
+            "gatherer_spool_full",
+            "1 while the spool is full (bound reached or disk refusing) and reading is paused",
+            g,
+            registry=r,
+        )
+        self.spool_full_episodes = Counter(
+            "gatherer_spool_full_episodes",
+            "Times the spool became full (back-pressure: the gatherer stopped reading)",
+            g,
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "gatherer_queue_depth", "Rows waiting in the writer queue", [*g, "table"], registry=r
         )
@@ -85,6 +103,9 @@ class GathererMetrics:
             self.resyncs,
             self.reconnects,
             self.spool_bytes,
+            self.spool_max_bytes,
+            self.spool_full,
+            self.spool_full_episodes,
             self.write_seconds,
             self.ws_up,
             self.ws_configured,

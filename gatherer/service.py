@@ -132,6 +132,7 @@ class GathererService:
             flush_interval_s=cfg.database.flush_interval_s,
             queue_rows=cfg.database.queue_rows,
             connect_timeout_s=cfg.database.connect_timeout_s,
+            spool_max_bytes=cfg.spool_max_bytes,
         )
         self.writer = writer
         await writer.start()
@@ -140,6 +141,10 @@ class GathererService:
         self.ingest = ingest
         manager = ConnectionManager(cfg, signer, ingest, m)
         self.manager = manager
+        # Back-pressure (issue 14): a full spool stops reading the exchange, a drained one
+        # resumes it; a spool left full by an earlier run starts the connections paused.
+        writer.on_backpressure = lambda full: manager.set_reading(not full)
+        manager.set_reading(not writer.spool_full)
         bucket = TokenBucket(
             cfg.kalshi.rest_rate_per_s * REQUEST_COST, cfg.kalshi.rest_burst * REQUEST_COST
         )
@@ -238,6 +243,8 @@ class GathererService:
             except Exception:
                 log.exception("writer stop failed")
                 code = 1
+            if self.writer.lost_at_stop:
+                code = 1  # logged by the writer: neither the database nor the disk took them
         if self.health_server is not None:
             await self.health_server.stop()
         log.info(
@@ -294,6 +301,7 @@ class GathererService:
         if writer is not None:
             m.db_up.labels(gid).set(1 if writer.db_up else 0)
             m.spool_bytes.labels(gid).set(writer.spool_bytes)
+            m.spool_full.labels(gid).set(1 if writer.spool_full else 0)
             for spec in SYNCED_TABLES:
                 m.queue_depth.labels(gid, spec.name).set(writer.queue_depth(spec.name))
         status = self._status()
@@ -311,6 +319,8 @@ class GathererService:
         manager, writer = self.manager, self.writer
         if manager is None or writer is None:
             return "unhealthy"
+        if writer.spool_full:
+            return "degraded"  # reading paused on purpose until the spool drains
         if manager.up == 0:
             return "unhealthy"
         age = self.last_message_age()
@@ -339,6 +349,9 @@ class GathererService:
                 "markets": len(registry.markets) if registry is not None else 0,
                 "registry_loaded": bool(registry is not None and registry.loaded),
                 "spool_bytes": writer.spool_bytes if writer is not None else 0,
+                "spool_max_bytes": self.cfg.spool_max_bytes,
+                "spool_full": bool(writer is not None and writer.spool_full),
+                "spool_disk_error": writer.disk_error if writer is not None else None,
                 "last_message_age_s": None if age is None else round(age, 3),
                 "open_gaps": len(ingest.gaps.pending_gaps()) if ingest is not None else 0,
                 "suspect_markets": ingest.gaps.suspect_count if ingest is not None else 0,

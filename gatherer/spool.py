@@ -307,6 +307,11 @@ class Spool:
 
         A row that cannot be serialised (an int beyond 64 bits, an unknown object) is left out
         and handed to ``on_reject(row, reason)`` so the caller can dead-letter it.
+
+        Raises:
+            OSError: the disk refused (ENOSPC, EFBIG, EIO, a segment that cannot be created). No
+                part of the batch counts as spooled: the caller keeps its rows. A partial record
+                is cut off and the segment closed, so the next append starts a fresh segment.
         """
         if not rows:
             return 0
@@ -326,16 +331,51 @@ class Spool:
             payload = encode_payload(table, good)
         frame = encode_frame(payload)
         fd = self._fd if self._fd is not None else self._open_segment()
-        view = memoryview(frame)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
         assert self._current is not None
+        start = self._sizes[self._current]
+        view = memoryview(frame)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError:
+            self._abandon(start)
+            raise
         self._sizes[self._current] += len(frame)
         self._bytes += len(frame)
         if self._sizes[self._current] >= self.segment_bytes:
             self.seal()
         return len(frame)
+
+    def _abandon(self, start: int) -> None:
+        """After a failed write: cut the partial record off and close the segment.
+
+        The next append opens a fresh segment (never writing behind a possibly torn record). If
+        even the truncate fails, the partial record stays as a torn/corrupt stretch that replay
+        skips (the rows of that failed append are the caller's to keep: nothing of them counts).
+        """
+        fd, path = self._fd, self._current
+        assert fd is not None
+        assert path is not None
+        kept = start
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            log.exception("spool segment %s: could not cut a failed write off", path.name)
+            with contextlib.suppress(OSError):
+                kept = os.fstat(fd).st_size
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        self._fd, self._current = None, None
+        self._sizes[path] = kept
+        self._bytes += kept - start
+        if kept == 0:
+            self._sizes.pop(path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+        else:
+            self._closed.append(path)
+        self._dir_dirty = True
 
     def sync(self) -> None:
         """fsync the current segment and, after a segment was created or removed, the folder."""

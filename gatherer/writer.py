@@ -21,19 +21,30 @@ Flow (DESIGN §4.4, bounded memory and no silent drops):
 
 Shutdown (:meth:`Writer.stop`): drain the queues to the database within the timeout, else spool
 them; fsync; close. A spool left behind is replayed by the next writer on the same directory.
+
+The spool's disk bound (``spool_max_bytes``, issue 14) is soft: a row that :meth:`Writer.put`
+accepted is never dropped. Once the spool reaches the bound, or the disk refuses an append (any
+``OSError``: ENOSPC, EFBIG, EIO), the writer is *full*: it says so loudly once per episode, calls
+``on_backpressure(True)`` (the gatherer then stops reading the exchange, so the loss is a recorded
+connection gap, never a silent drop) and keeps going: rows still spool while the disk takes them
+(the overshoot is what was in flight), rows the disk refused stay in the in-memory queues and the
+append is retried every ``DISK_RETRY_S``. It is no longer full once the disk takes appends again
+(or the database takes the rows) and the spool is below ``LOW_WATER`` of the bound:
+``on_backpressure(False)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +73,10 @@ Batch = tuple[str, list[Row]]
 UNIQUE_VIOLATION = "23505"
 APPLICATION_NAME = "kalshi-data-gatherer-writer"
 REJECTED_FILE = "rejected.jsonl"
+#: The spool may take rows again (back-pressure released) below this fraction of the bound.
+LOW_WATER = 0.9
+#: After the disk refused an append, the next attempt waits this long (rows stay in memory).
+DISK_RETRY_S = 1.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -107,6 +122,10 @@ class Writer:
             spooled): a hung server must not stall the loop.
         backoff_base_s, backoff_cap_s: reconnect backoff (Full Jitter).
         spool_segment_bytes: spool segment size.
+        spool_max_bytes: the spool's disk bound (0: no bound, only the disk's own size); a soft
+            bound that signals back-pressure, see the module docstring.
+        on_backpressure: called with True when the spool becomes full (bound reached or disk
+            refusing) and with False once it is below the low-water mark and writable again.
     """
 
     def __init__(
@@ -123,11 +142,15 @@ class Writer:
         backoff_base_s: float = 0.1,
         backoff_cap_s: float = 5.0,
         spool_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        spool_max_bytes: int = 0,
+        on_backpressure: Callable[[bool], None] | None = None,
     ) -> None:
         if batch_rows <= 0 or queue_rows < batch_rows:
             raise ValueError("writer needs 0 < batch_rows <= queue_rows")
         if flush_interval_s <= 0 or connect_timeout_s <= 0 or write_timeout_s <= 0:
             raise ValueError("writer intervals and timeouts must be > 0")
+        if spool_max_bytes < 0:
+            raise ValueError("spool_max_bytes must be >= 0 (0: no bound)")
         self._dsn = dsn
         self._spool_dir = Path(spool_dir)
         self._spool = Spool(self._spool_dir, segment_bytes=spool_segment_bytes)
@@ -137,14 +160,18 @@ class Writer:
         self._connect_timeout_s = connect_timeout_s
         self._write_timeout_s = write_timeout_s
         self._backoff = Backoff(backoff_base_s, backoff_cap_s)
+        self._spool_max = spool_max_bytes
+        self._spool_low = int(spool_max_bytes * LOW_WATER)
+        self.on_backpressure = on_backpressure
+        self._full = False
+        self._full_since: float | None = None
+        self._disk_error: str | None = None
+        self._disk_retry_at = 0.0
+        self.full_episodes = 0
+        #: Rows neither the database nor the disk took by the end of :meth:`stop` (logged).
+        self.lost_at_stop = 0
 
-        g = metrics.gatherer_id
-        self._m_rows = {t: metrics.rows_written.labels(g, t) for t in BY_NAME}
-        self._m_queue = {t: metrics.queue_depth.labels(g, t) for t in BY_NAME}
-        self._m_write_s = metrics.write_seconds.labels(g)
-        self._m_spool = metrics.spool_bytes.labels(g)
-        self._m_db_up = metrics.db_up.labels(g)
-        self._m_dead = metrics.dead_letters.labels(g, "writer")
+        self._bind_metrics(metrics)
 
         # Insertion order follows SYNCED_TABLES, which ends with dead_letters: rows dead-lettered
         # while the other queues are spooled are still spooled in the same pass.
@@ -169,6 +196,20 @@ class Writer:
         self._m_db_up.set(0)
 
     # ------------------------------------------------------------------ public API
+    def _bind_metrics(self, metrics: GathererMetrics) -> None:
+        """This gatherer's labelled children of every writer metric, set to their start values."""
+        g = metrics.gatherer_id
+        self._m_rows = {t: metrics.rows_written.labels(g, t) for t in BY_NAME}
+        self._m_queue = {t: metrics.queue_depth.labels(g, t) for t in BY_NAME}
+        self._m_write_s = metrics.write_seconds.labels(g)
+        self._m_spool = metrics.spool_bytes.labels(g)
+        self._m_db_up = metrics.db_up.labels(g)
+        self._m_dead = metrics.dead_letters.labels(g, "writer")
+        self._m_spool_full = metrics.spool_full.labels(g)
+        self._m_spool_episodes = metrics.spool_full_episodes.labels(g)
+        metrics.spool_max_bytes.labels(g).set(self._spool_max)
+        self._m_spool_full.set(0)
+
     @property
     def db_up(self) -> bool:
         """True while the writer holds a working connection to the local database."""
@@ -178,6 +219,21 @@ class Writer:
     def spool_bytes(self) -> int:
         """Bytes waiting in the disk spool."""
         return self._spool.bytes
+
+    @property
+    def spool_max_bytes(self) -> int:
+        """The spool's disk bound (0: none)."""
+        return self._spool_max
+
+    @property
+    def spool_full(self) -> bool:
+        """True while back-pressure is signalled (bound reached or the disk refusing appends)."""
+        return self._full
+
+    @property
+    def disk_error(self) -> str | None:
+        """The last spool append failure of the current disk-error episode, else None."""
+        return self._disk_error
 
     def queue_depth(self, table: str) -> int:
         """Rows of ``table`` waiting in memory."""
@@ -218,7 +274,18 @@ class Writer:
             self._bad_shape(table, row)
             return
         if self._stopped:
+            self._disk_retry_at = 0.0
             self._spool_batches([(table, [row])])
+            if q:
+                q.clear()
+                self.lost_at_stop += 1
+                log.critical(
+                    "a %s row arrived after stop and the spool %s refused it (%s): it is lost",
+                    table,
+                    self._spool_dir,
+                    self._disk_error,
+                )
+                return
             self._spool.sync()
             return
         q.append(row)
@@ -263,11 +330,24 @@ class Writer:
         self._stopped = True
         before = self._spool.bytes
         leftover, self._inflight = self._inflight, []
+        self._disk_retry_at = 0.0  # one more try whatever the retry pacing says
         self._spool_batches(leftover)
         self._spool_queues()
         self._spool.close()
         self._m_spool.set(self._spool.bytes)
         await self._close_conn()
+        lost = sum(len(q) for q in self._queues.values())
+        if lost:
+            self.lost_at_stop += lost
+            for q in self._queues.values():
+                q.clear()
+            log.critical(
+                "writer stopped with %d rows that neither the database nor the spool %s took "
+                "(%s): they are lost",
+                lost,
+                self._spool_dir,
+                self._disk_error,
+            )
         if self._spool.bytes:
             log.info(
                 "writer stopped: %d bytes spooled now, %d bytes waiting in %s for the next start",
@@ -373,11 +453,14 @@ class Writer:
                 for t, q in self._queues.items():
                     self._m_queue[t].set(len(q))
                 self._m_spool.set(self._spool.bytes)
+                self._check_bound()
                 self._tick.set()
             if done:
                 return
 
     def _ready(self) -> bool:
+        if self._conn is None and self._disk_error is not None:
+            return False  # the disk refused: retried at the flush pace, not in a spin
         if self._conn is not None and self._spool.has_data():
             return True
         return any(len(q) >= self._batch_rows for q in self._queues.values())
@@ -441,6 +524,8 @@ class Writer:
                 return
             log.warning("a batch was refused (%s): isolating the bad rows", error_reason(exc))
             await self._isolate(batches, staged=False, spool_on_retryable=True)
+        else:
+            self._disk_ok()  # the database took them: memory no longer waits for the disk
         self._inflight = []
 
     # ------------------------------------------------------------------ database writes
@@ -546,6 +631,7 @@ class Writer:
             else:
                 self._spool.remove(segment)
             self._m_spool.set(self._spool.bytes)
+            self._check_bound()
         if not self._spool.has_data() and self._replayed[0]:
             log.info(
                 "replayed %d batches (%d rows) from spool", self._replayed[0], self._replayed[1]
@@ -605,12 +691,94 @@ class Writer:
         return True
 
     # ------------------------------------------------------------------ spooling, dead letters
+    def _append(self, table: str, rows: Sequence[Row]) -> bool:
+        """One spool append; False when the disk refused (the caller keeps the rows)."""
+        if self._disk_error is not None and time.monotonic() < self._disk_retry_at:
+            return False
+        try:
+            self._spool.append(table, rows, on_reject=self._rejector(table))
+        except OSError as exc:
+            self._disk_refused(exc)
+            return False
+        self._disk_ok()
+        self._check_bound()
+        return True
+
+    def _disk_refused(self, exc: OSError) -> None:
+        self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+        first = self._disk_error is None
+        self._disk_error = _describe(exc)
+        if first:
+            log.error(
+                "spool %s refused an append (%s): rows stay in memory, retried every %.0f s; "
+                "the gatherer stops reading the exchange until the spool takes rows again",
+                self._spool_dir,
+                self._disk_error,
+                DISK_RETRY_S,
+            )
+        self._check_bound()
+
+    def _disk_ok(self) -> None:
+        if self._disk_error is None:
+            return
+        log.warning(
+            "spool %s takes rows again (the failure was %s)", self._spool_dir, self._disk_error
+        )
+        self._disk_error = None
+        self._check_bound()
+
+    def _check_bound(self) -> None:
+        """Enter or leave the full state (back-pressure) from the spool size and disk state."""
+        size = self._spool.bytes
+        over = self._spool_max > 0 and size >= self._spool_max
+        if not self._full:
+            if not over and self._disk_error is None:
+                return
+            self._full, self._full_since = True, time.monotonic()
+            self.full_episodes += 1
+            self._m_spool_full.set(1)
+            self._m_spool_episodes.inc()
+            reason = (
+                f"the disk refused an append ({self._disk_error})"
+                if self._disk_error is not None
+                else f"{size} bytes reached the bound of {self._spool_max} (spool_max_bytes)"
+            )
+            log.error(
+                "spool %s is full: %s; signalling back-pressure (the gatherer stops reading the "
+                "exchange, rows already accepted are kept)",
+                self._spool_dir,
+                reason,
+            )
+        elif self._disk_error is None and (self._spool_max == 0 or size < self._spool_low):
+            self._full = False
+            since = self._full_since or time.monotonic()
+            self._m_spool_full.set(0)
+            log.warning(
+                "spool %s below its low-water mark (%d bytes) after %.1f s full: releasing "
+                "back-pressure",
+                self._spool_dir,
+                size,
+                time.monotonic() - since,
+            )
+        else:
+            return
+        callback = self.on_backpressure
+        if callback is not None:
+            try:
+                callback(self._full)
+            except Exception:  # the writer must go on whatever the listener does
+                log.exception("back-pressure listener failed")
+
     def _spool_batches(self, batches: Sequence[Batch]) -> None:
+        """Spool batches; whatever the disk refuses goes back to the front of the queues."""
+        refused: list[tuple[str, Sequence[Row]]] = []
         for table, rows in batches:
             for i in range(0, len(rows), self._batch_rows):
-                self._spool.append(
-                    table, rows[i : i + self._batch_rows], on_reject=self._rejector(table)
-                )
+                chunk = rows[i : i + self._batch_rows]
+                if refused or not self._append(table, chunk):
+                    refused.append((table, chunk))
+        for table, back in reversed(refused):
+            self._queues[table].extendleft(reversed(back))
         self._m_spool.set(self._spool.bytes)
 
     def _spool_queues(self) -> None:
@@ -633,8 +801,10 @@ class Writer:
         q = self._queues[table]
         while q:
             n = min(len(q), self._batch_rows)
-            rows = [q.popleft() for _ in range(n)]
-            self._spool.append(table, rows, on_reject=self._rejector(table))
+            if not self._append(table, list(itertools.islice(q, n))):
+                break  # the disk refused: the rows stay queued, retried later
+            for _ in range(n):
+                q.popleft()
         self._m_spool.set(self._spool.bytes)
 
     def _rejector(self, table: str) -> Any:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
 from kalshi_data.pgcluster import PgCluster
+from kalshi_data.truth import compare
 from tests.integration.gatherer_support import (
     assert_truth,
     config_data,
@@ -70,3 +72,99 @@ async def test_local_db_kill9_brief(pg_cluster, tmp_path):
 async def test_local_db_kill9_30s(pg_cluster, tmp_path):
     """Thirty seconds of local-DB outage at a higher rate: still exactly the truth."""
     await _crash_run(pg_cluster, tmp_path, outage_s=30.0, rate=4000.0)
+
+
+async def test_spool_full_stops_reading_then_reconnects_with_gaps(pg_cluster, tmp_path):
+    """Local DB down and a tiny spool bound: the gatherer closes its WebSockets (health:
+    spool_full), reconnects once the DB drained the spool, records the missed window as gap
+    rows, and stores every row it accepted exactly once; loss only inside the gap windows."""
+    dsn = gatherer_db(pg_cluster.create_database("g1"))
+    bound = 256 * 1024
+    async with (
+        simulator(tmp_path, rate=1500.0, markets=30, lifecycle_share=0.0) as sim,
+        gatherer(config_data(sim, dsn, tmp_path, spool_max_bytes=bound)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+        manager, writer, ingest = svc.manager, svc.writer, svc.ingest
+        assert manager is not None
+        assert writer is not None
+        assert ingest is not None
+        sim.resume()
+        await wait_for(lambda: sim.truth_lines >= 1000, 30, "traffic before the crash")
+        await asyncio.to_thread(pg_cluster.kill9)
+        await wait_for(lambda: writer.spool_full, 60, "the spool to reach its bound")
+        await wait_for(lambda: manager.up == 0, 10, "every WebSocket closed")
+        assert manager.paused
+        health_server = svc.health_server
+        assert health_server is not None
+        url = f"http://{health_server.host}:{health_server.port}/health"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            full_health = await resp.json()
+        # Not reading: the exchange goes on, the gatherer receives nothing.
+        frames = sum(ingest.frames.values())
+        lines = sim.truth_lines
+        await wait_for(lambda: sim.truth_lines >= lines + 1500, 30, "exchange traffic meanwhile")
+        assert sum(ingest.frames.values()) == frames
+        assert manager.up == 0
+        peak = writer.spool_bytes
+        await asyncio.to_thread(pg_cluster.start)
+        await wait_for(lambda: not writer.spool_full, 60, "the spool to drain below low water")
+        await wait_for(lambda: subscribed(svc), 60, "reconnected and resubscribed")
+        await wait_for(
+            lambda: (
+                query(dsn, "SELECT count(*) FROM gaps WHERE state = 'open'")[0][0]
+                == query(dsn, "SELECT count(*) FROM gaps WHERE state = 'recovered'")[0][0]
+            ),
+            60,
+            "every gap to recover",
+        )
+        lines = sim.truth_lines
+        await wait_for(lambda: sim.truth_lines >= lines + 1000, 30, "traffic after the return")
+        await quiesce(sim, svc, timeout_s=60)
+        up_health = await svc.health()
+        assert await run.finish() == 0
+        received = dict(svc.rows_put)
+        episodes = writer.full_episodes
+    assert full_health["status"] == "degraded", full_health
+    comp = full_health["components"]
+    assert comp["spool_full"] is True
+    assert comp["spool_max_bytes"] == bound
+    assert comp["spool_bytes"] >= bound
+    assert comp["connections"]["up"] == 0
+    assert up_health["components"]["spool_full"] is False
+    assert up_health["status"] == "healthy", up_health
+    assert episodes == 1
+    print(f"spool peak {peak} bytes for a bound of {bound}")
+    # Every accepted row is stored exactly once...
+    for table in ("trades", "orderbook_deltas", "gaps", "dead_letters"):
+        n = query(dsn, f"SELECT count(*) FROM {table}")[0][0]
+        assert n == received.get(table, 0), (table, n, received)
+    # ... the pause is recorded as reconnect gaps of the order books and the firehose ...
+    hows = {
+        (c, h.split(" ")[0])
+        for c, h in query(dsn, "SELECT channel, how FROM gaps WHERE state = 'recovered'")
+    }
+    assert ("orderbook_delta", "reconnect") in hows
+    assert ("trade", "reconnect") in hows
+    # ... and the loss lies only inside those windows; nothing extra anywhere.
+    windows = query(
+        dsn,
+        "SELECT (extract(epoch FROM o.detected_at) * 1e6)::bigint,"
+        " (extract(epoch FROM r.recovered_at) * 1e6)::bigint"
+        " FROM gaps o JOIN gaps r USING (gap_id) WHERE o.state = 'open' AND r.state = 'recovered'",
+    )
+    lo = min(w[0] for w in windows) - 1_000_000
+    hi = max(w[1] for w in windows) + 1_000_000
+    report = compare(dsn, tmp_path / "truth.jsonl")
+    assert report["trades"].missing, "the paused window lost nothing: the test did not pause"
+    for table, diff in report.items():
+        assert not diff.extra, (table, list(diff.extra)[:5])
+        for ident in diff.missing:
+            assert lo <= ident[1] <= hi, (table, ident, lo, hi)
+    before = compare(dsn, tmp_path / "truth.jsonl", until_us=lo)
+    after = compare(dsn, tmp_path / "truth.jsonl", since_us=hi)
+    for table in ("trades", "orderbook_deltas"):
+        assert before[table].exact, (table, list(before[table].missing)[:5])
+        assert after[table].exact, (table, list(after[table].missing)[:5])
+        assert after[table].expected > 0

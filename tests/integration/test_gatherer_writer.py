@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import resource
 import secrets
+import signal
 import time
 import uuid
 from collections import Counter
@@ -20,7 +22,7 @@ import pytest
 
 from gatherer.metrics import GathererMetrics
 from gatherer.pgcodec import register_codecs
-from gatherer.spool import Spool, encode_frame, encode_payload
+from gatherer.spool import Frame, Spool, decode_payload, encode_frame, encode_payload, iter_frames
 from gatherer.writer import Writer
 from kalshi_data.migrate import migrate
 from kalshi_data.pgcluster import PgCluster
@@ -493,3 +495,130 @@ async def test_corrupt_spool_record_skipped_segment_kept(
     assert await _fetch(admin, "trades") == _expected("trades", [*batches[0], *batches[2]])
     assert _segments(spool_dir) == []
     assert [p.name for p in spool_dir.glob("*.corrupt")] == [segment.name + ".corrupt"]
+
+
+def _spooled_rows(spool: Path, table: str) -> list[tuple[Any, ...]]:
+    """Every intact row of ``table`` in the spool's segment files, read from disk."""
+    rows: list[tuple[Any, ...]] = []
+    for segment in _segments(spool):
+        for item in iter_frames(segment.read_bytes()):
+            if isinstance(item, Frame):
+                name, batch = decode_payload(item.payload)
+                if name == table:
+                    rows.extend(batch)
+    return rows
+
+
+@pytest.mark.both_backends
+async def test_spool_bound_signals_backpressure_keeps_rows_and_releases(
+    pg_cluster: PgCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DB down, tiny spool_max_bytes: the bound signals back-pressure once, rows accepted after
+    it still spool (a soft bound), all land exactly once and the signal clears below low water."""
+    admin, dsn = _gatherer_db(pg_cluster)
+    spool_dir = tmp_path / "spool"
+    bound = 64_000
+    signals: list[bool] = []
+    metrics = _metrics()
+    produced: list[tuple[Any, ...]] = []
+    released_at: list[int] = []
+
+    def on_backpressure(full: bool) -> None:
+        signals.append(full)
+        if not full:
+            released_at.append(w.spool_bytes)
+
+    async with _writer(
+        dsn,
+        spool_dir,
+        metrics=metrics,
+        batch_rows=100,
+        queue_rows=200,
+        spool_max_bytes=bound,
+        on_backpressure=on_backpressure,
+    ) as w:
+        assert _value(metrics, "gatherer_spool_max_bytes") == bound
+        w.put("trades", _trade(-1))
+        assert await w.wait_idle(30)
+        await asyncio.to_thread(pg_cluster.kill9)
+        deadline = time.monotonic() + 30
+        while not w.spool_full:
+            assert time.monotonic() < deadline, "the bound was never reached"
+            for _ in range(50):
+                produced.append(_trade(len(produced)))
+                w.put("trades", produced[-1])
+            await asyncio.sleep(0.01)
+        assert signals == [True]
+        assert not w.db_up
+        # Rows accepted after the signal (in flight when the gatherer stops reading) are kept.
+        for _ in range(500):
+            produced.append(_trade(len(produced)))
+            w.put("trades", produced[-1])
+        await _until(lambda: w.queue_depth("trades") == 0, 10, "the queue to reach the spool")
+        assert w.spool_full
+        assert w.spool_bytes > bound  # the overshoot is what was accepted past the bound
+        assert _value(metrics, "gatherer_spool_full") == 1
+        assert _value(metrics, "gatherer_spool_full_episodes_total") == 1
+        assert Counter(_spooled_rows(spool_dir, "trades")) == _expected("trades", produced)
+        with caplog.at_level(logging.WARNING):
+            await asyncio.to_thread(pg_cluster.start)
+            await _until(lambda: not w.spool_full, 60, "back-pressure released")
+            assert await w.wait_idle(60)
+        assert signals == [True, False]
+        assert released_at[0] < bound * 0.9
+        assert _value(metrics, "gatherer_spool_full") == 0
+    assert await _fetch(admin, "trades") == _expected("trades", [_trade(-1), *produced])
+    assert _segments(spool_dir) == []
+
+
+async def test_spool_disk_refusal_keeps_rows_in_memory_and_recovers(
+    pg_cluster: PgCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real OSError from the spool (EFBIG: RLIMIT_FSIZE below the segment's next record) keeps
+    the rows queued, cuts the partial record off, signals back-pressure; once the disk takes
+    writes again everything spools and, with the DB back, lands exactly once."""
+    admin, dsn = _gatherer_db(pg_cluster)
+    await asyncio.to_thread(pg_cluster.stop)
+    spool_dir = tmp_path / "spool"
+    signals: list[bool] = []
+    first = [_trade(i) for i in range(300)]
+    second = [_trade(i) for i in range(300, 700)]
+    async with _writer(
+        dsn, spool_dir, batch_rows=100, on_backpressure=signals.append, flush_interval_s=0.02
+    ) as w:
+        assert not w.db_up
+        for row in first:
+            w.put("trades", row)
+        await _until(lambda: w.queue_depth("trades") == 0 and w.spool_bytes > 0, 10, "spooled")
+        on_disk = sum(p.stat().st_size for p in _segments(spool_dir))
+        assert on_disk == w.spool_bytes
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        # The current segment may grow by 100 bytes: the next record is written in part, then
+        # the kernel refuses (EFBIG): the writer must cut that part off and keep the rows.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (on_disk + 100, limits[1]))
+        try:
+            with caplog.at_level(logging.WARNING):
+                for row in second:
+                    w.put("trades", row)
+                await _until(lambda: w.disk_error is not None, 10, "the disk refusal")
+                assert w.spool_full
+                assert signals == [True]
+                await asyncio.sleep(0)  # let the writer's step finish its pass over the queue
+                assert w.queue_depth("trades") == len(second)
+                assert sum(p.stat().st_size for p in _segments(spool_dir)) == on_disk
+                assert w.spool_bytes == on_disk
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+        assert "File too large" in (w.disk_error or "") or "Errno 27" in (w.disk_error or "")
+        assert "refused an append" in caplog.text
+        await _until(lambda: not w.spool_full, 10, "the disk to take rows again")
+        await _until(lambda: w.queue_depth("trades") == 0, 10, "the kept rows to spool")
+        assert signals == [True, False]
+        assert w.disk_error is None
+        assert Counter(_spooled_rows(spool_dir, "trades")) == _expected("trades", first + second)
+        await asyncio.to_thread(pg_cluster.start)
+        assert await w.wait_idle(60)
+    assert await _fetch(admin, "trades") == _expected("trades", first + second)
+    assert _segments(spool_dir) == []

@@ -42,6 +42,14 @@ def test_minimal_config_loads_with_defaults(tmp_path):
     assert "pw" not in repr(cfg)
 
 
+def test_spool_bound_default_zero_and_env(tmp_path):
+    """spool_max_bytes: 4 GiB by default, 0 (no bound) accepted, set from the environment."""
+    assert load(_write(tmp_path, BASE), env={}).spool_max_bytes == 4 << 30
+    assert load(_write(tmp_path, {**BASE, "spool_max_bytes": 0}), env={}).spool_max_bytes == 0
+    cfg = load(_write(tmp_path, BASE), env={"KALSHI_DATA_SPOOL_MAX_BYTES": "65536"})
+    assert cfg.spool_max_bytes == 65536
+
+
 def test_environment_overrides_nested_keys(tmp_path):
     """KALSHI_DATA_<KEY>__<SUB> overrides the YAML value."""
     cfg = load(
@@ -62,6 +70,10 @@ def test_environment_overrides_nested_keys(tmp_path):
         ({"snapshot_interval_s": -1}, "snapshot_interval_s"),
         ({"markets_per_subscription": "many"}, "markets_per_subscription"),
         ({"unknown_key": 1}, "unknown_key"),
+        ({"spool_max_bytes": -1}, "spool_max_bytes"),
+        ({"spool_max_bytes": "4GiB"}, "spool_max_bytes"),
+        ({"spool_max_bytes": 1.5}, "spool_max_bytes"),
+        ({"spool_max_bytes": 1 << 51}, "spool_max_bytes"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, patch, key):
