@@ -37,6 +37,7 @@ from gatherer.ingest import Ingest, now_us
 from gatherer.metrics import GathererMetrics
 from gatherer.sequencing import OpenGap
 from gatherer.shards import AddMarkets, DeleteMarkets, ShardPlan, Subscribe, SubscriptionLayout
+from kalshi_data.errors import describe_error
 from kalshi_data.kalshi.codes import RETRYABLE, WsErrorCode
 from kalshi_data.kalshi.parse import DeadLetter
 from kalshi_data.kalshi.signer import Signer
@@ -81,11 +82,6 @@ class _Pending:
     markets: tuple[str, ...] = ()
     gap: OpenGap | None = None
     channel: str | None = None
-
-
-def _describe(exc: object) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 class Connection:
@@ -200,7 +196,7 @@ class Connection:
                         log.warning(
                             "%s: connection failed or lost (%s)",
                             self.name,
-                            _describe(exc),
+                            describe_error(exc),
                             extra={"connection": self.name},
                         )
                 finally:
@@ -276,7 +272,7 @@ class Connection:
             self._pong.set()
             return False
         if kind is WSMsgType.ERROR:
-            raise ConnectionError(f"websocket error: {_describe(msg.data)}")
+            raise ConnectionError(f"websocket error: {describe_error(msg.data)}")
         if self._stopping.is_set() or not self._reading.is_set():
             return True
         if kind is WSMsgType.CLOSE and msg.data in _CLEAN_CLOSE:

@@ -62,7 +62,7 @@ from gatherer.pgcodec import (
     stage_name,
 )
 from gatherer.spool import DEFAULT_SEGMENT_BYTES, Damage, Spool, SpoolBatch
-from kalshi_data.errors import TransientError
+from kalshi_data.errors import TransientError, describe_error
 from kalshi_data.resilience import Backoff, ErrorClass, classify
 from kalshi_data.tables import BY_NAME, DEAD_LETTERS
 
@@ -77,11 +77,6 @@ REJECTED_FILE = "rejected.jsonl"
 LOW_WATER = 0.9
 #: After the disk refused an append, the next attempt waits this long (rows stay in memory).
 DISK_RETRY_S = 1.0
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
 def _now_us() -> int:
@@ -393,7 +388,9 @@ class Writer:
         self._m_db_up.set(0)
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("local database down (%s), spooling to %s", _describe(exc), self._spool_dir)
+            log.warning(
+                "local database down (%s), spooling to %s", describe_error(exc), self._spool_dir
+            )
         if not self._stopping and (self._connect_task is None or self._connect_task.done()):
             self._connect_task = asyncio.create_task(
                 self._reconnect(), name="gatherer-writer-reconnect"
@@ -413,7 +410,7 @@ class Writer:
                     # Mid-run, a permanent refusal still must not lose rows: keep spooling,
                     # keep trying, and say so loudly (gatherer_db_up stays 0 and alerts).
                     log.error(  # noqa: TRY400 (a refusal, not a bug: no traceback)
-                        "local database refuses connections: %s; retrying", _describe(exc)
+                        "local database refuses connections: %s; retrying", describe_error(exc)
                     )
                     logged_permanent = True
                 continue
@@ -707,7 +704,7 @@ class Writer:
     def _disk_refused(self, exc: OSError) -> None:
         self._disk_retry_at = time.monotonic() + DISK_RETRY_S
         first = self._disk_error is None
-        self._disk_error = _describe(exc)
+        self._disk_error = describe_error(exc)
         if first:
             log.error(
                 "spool %s refused an append (%s): rows stay in memory, retried every %.0f s; "
