@@ -12,7 +12,7 @@ Prints unique rows/s for each and the ratios. ``KD_BENCH_ROWS`` sets N (default 
 the deduplicator process once per tree, in the same run against the same clusters and baselines
 (production and its cursors emptied in between): an A/B of two versions of the code, e.g. a
 ``git archive`` of an older commit beside this one. ``KD_BENCH_BACKENDS=plain`` skips the
-TimescaleDB gatherers.
+TimescaleDB gatherers; ``KD_BENCH_SAMPLE`` sets the row-by-row sample (default min(N, 100,000)).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from kalshi_data.tables import TRADES
 from kalshi_data.users import create_user
 
 N = int(os.environ.get("KD_BENCH_ROWS", "1000000"))
-SAMPLE = min(N, 100_000)
+SAMPLE = int(os.environ.get("KD_BENCH_SAMPLE", min(N, 100_000)))
 SETTINGS = {"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "30min"}
 FILL = """
 INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, taker_outcome_side,
