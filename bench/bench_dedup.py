@@ -7,6 +7,12 @@ Measured in one run, on the same clusters:
 - the deduplicator process itself, from empty cursors, until production holds N rows; its peak
   RSS (VmHWM) is read from /proc.
 Prints unique rows/s for each and the ratios. ``KD_BENCH_ROWS`` sets N (default 1,000,000).
+
+``KD_BENCH_DEDUP_TREES`` (source trees separated by ``os.pathsep``; default: this checkout) runs
+the deduplicator process once per tree, in the same run against the same clusters and baselines
+(production and its cursors emptied in between): an A/B of two versions of the code, e.g. a
+``git archive`` of an older commit beside this one. ``KD_BENCH_BACKENDS=plain`` skips the
+TimescaleDB gatherers; ``KD_BENCH_SAMPLE`` sets the row-by-row sample (default min(N, 100,000)).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from kalshi_data.tables import TRADES
 from kalshi_data.users import create_user
 
 N = int(os.environ.get("KD_BENCH_ROWS", "1000000"))
-SAMPLE = min(N, 100_000)
+SAMPLE = int(os.environ.get("KD_BENCH_SAMPLE", min(N, 100_000)))
 SETTINGS = {"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "30min"}
 FILL = """
 INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, taker_outcome_side,
@@ -130,7 +136,9 @@ def main() -> None:
     installed) on TimescaleDB gatherers, in the same run; production is plain PostgreSQL."""
     backends = [False]
     missing = timescaledb_missing()
-    if missing is None:
+    if os.environ.get("KD_BENCH_BACKENDS") == "plain":
+        print("TimescaleDB gatherers not measured: KD_BENCH_BACKENDS=plain")
+    elif missing is None:
         backends.append(True)
     else:
         print(f"TimescaleDB gatherers not measured: {missing}")
@@ -176,57 +184,71 @@ def _measure(*, timescaledb: bool) -> None:
         )
         prod.execute("TRUNCATE trades", "prod")
 
-        port = free_port()
-        cfg = {
-            "instance_id": "bench",
-            "production": {"dsn": prod.dsn("prod", "dedup", "bench-pw")},
-            "gatherers": [{"id": f"g{i + 1}", "dsn": d} for i, d in enumerate(rdsns)],
-            "http": {"listen": f"127.0.0.1:{port}"},
-            "batch_rows": 50_000,
-            "poll_interval_s": 0.2,
-            # KD_BENCH_SEEN=0 turns the seen-identity filter off (to measure what it brings).
-            "seen_cache_rows": int(os.environ.get("KD_BENCH_SEEN", "1000000")),
-        }
-        cfg_path = base / "dedup.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        with (base / "dedup.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "deduplicator", "--config", str(cfg_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        watch = psycopg.connect(prod.dsn("prod"), autocommit=True)
-        started = time.perf_counter()
-        peak = 0.0
-        try:
-            # Done when every gatherer's trades cursor has read all N rows (3 N in all): not
-            # merely when production first holds N rows, since the other gatherers' copies must
-            # be read too. (Polling sync_cursors costs nothing; count(*) would steal a core.)
-            while _rows_read(watch) < 3 * N:
-                peak = max(peak, _vm_hwm_mb(proc.pid))
-                if proc.poll() is not None:
-                    raise RuntimeError(f"deduplicator exited {proc.returncode}: see {base}")
-                time.sleep(0.2)
-            ours_s = time.perf_counter() - started
-            peak = max(peak, _vm_hwm_mb(proc.pid))
-        finally:
-            watch.close()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-        written = _count(prod.dsn("prod"))
-        if written != N:
-            raise RuntimeError(f"production holds {written:,} trades, expected {N:,}")
-        ours_rate = N / ours_s
-        print(
-            f"deduplicator catch-up (3 x N rows read, N written): {ours_s:.2f} s = "
-            f"{ours_rate:,.0f} unique rows/s, peak RSS {peak:.0f} MB"
-        )
-        print(f"ratio vs raw COPY:   {ours_rate / raw_rate:.2f}x  (target >= 0.6x)")
-        print(f"ratio vs row-by-row: {ours_rate / rbr_rate:.1f}x  (target >= 40x)")
-        print(f"peak RSS:            {peak:.0f} MB  (target <= 300 MB)")
+        here = str(Path(__file__).resolve().parent.parent)
+        trees = os.environ.get("KD_BENCH_DEDUP_TREES", here).split(os.pathsep)
+        for tree in trees:
+            if len(trees) > 1:
+                print(f"deduplicator from {tree}:")
+            ours_rate, peak = _run_dedup(base, prod, rdsns, tree)
+            print(f"ratio vs raw COPY:   {ours_rate / raw_rate:.2f}x  (target >= 0.6x)")
+            print(f"ratio vs row-by-row: {ours_rate / rbr_rate:.1f}x  (target >= 40x)")
+            print(f"peak RSS:            {peak:.0f} MB  (target <= 300 MB)")
+            prod.execute("TRUNCATE trades, sync_cursors", "prod")
     finally:
         for c in clusters:
             c.destroy()
+
+
+def _run_dedup(base: Path, prod: PgCluster, rdsns: list[str], tree: str) -> tuple[float, float]:
+    """Run ``python -m deduplicator`` from ``tree`` until every gatherer's N trades are read:
+    unique rows/s and peak RSS (MB)."""
+    port = free_port()
+    cfg = {
+        "instance_id": "bench",
+        "production": {"dsn": prod.dsn("prod", "dedup", "bench-pw")},
+        "gatherers": [{"id": f"g{i + 1}", "dsn": d} for i, d in enumerate(rdsns)],
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "batch_rows": 50_000,
+        "poll_interval_s": 0.2,
+        # KD_BENCH_SEEN=0 turns the seen-identity filter off (to measure what it brings).
+        "seen_cache_rows": int(os.environ.get("KD_BENCH_SEEN", "1000000")),
+    }
+    cfg_path = base / "dedup.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with (base / "dedup.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deduplicator", "--config", str(cfg_path)],
+            stdout=log,
+            env={**os.environ, "PYTHONPATH": tree},
+            stderr=subprocess.STDOUT,
+        )
+    watch = psycopg.connect(prod.dsn("prod"), autocommit=True)
+    started = time.perf_counter()
+    peak = 0.0
+    try:
+        # Done when every gatherer's trades cursor has read all N rows (3 N in all): not
+        # merely when production first holds N rows, since the other gatherers' copies must
+        # be read too. (Polling sync_cursors costs nothing; count(*) would steal a core.)
+        while _rows_read(watch) < 3 * N:
+            peak = max(peak, _vm_hwm_mb(proc.pid))
+            if proc.poll() is not None:
+                raise RuntimeError(f"deduplicator exited {proc.returncode}: see {base}")
+            time.sleep(0.2)
+        ours_s = time.perf_counter() - started
+        peak = max(peak, _vm_hwm_mb(proc.pid))
+    finally:
+        watch.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    written = _count(prod.dsn("prod"))
+    if written != N:
+        raise RuntimeError(f"production holds {written:,} trades, expected {N:,}")
+    ours_rate = N / ours_s
+    print(
+        f"deduplicator catch-up (3 x N rows read, N written): {ours_s:.2f} s = "
+        f"{ours_rate:,.0f} unique rows/s, peak RSS {peak:.0f} MB"
+    )
+    return ours_rate, peak
 
 
 if __name__ == "__main__":

@@ -333,3 +333,90 @@ async def test_errors_after_a_killed_server_mid_copy_are_retryable(pg_cluster: P
     )
     assert isinstance(bad[0], BaseException)
     assert lost_connection_verdict(bad[0], None) is ErrorClass.PERMANENT
+
+
+def _copy_then_kill(cluster: PgCluster, wrapped: bool) -> tuple[list[str], BaseException | None]:
+    """Under uvloop (as the deduplicator runs): a COPY of data in hand starts while the transport
+    is paused for writing, and the server is killed -9 in that moment. Returns what asyncio
+    reported as never retrieved, and the error the COPY ended with."""
+    import asyncio
+    import gc
+
+    import asyncpg
+    import uvloop
+
+    from deduplicator.sink import copy_in
+
+    lost: list[str] = []
+    row = b"\0\x01\0\0\0\x04\0\0\0\x01"  # one int4 column
+    data = memoryview(b"PGCOPY\n\xff\r\n\0" + b"\0" * 8 + row * 1000 + b"\xff\xff")
+
+    def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if any(s in str(context.get("message")) for s in NEVER_RETRIEVED):
+            lost.append(repr(context.get("exception")))
+
+    async def run() -> BaseException | None:
+        asyncio.get_running_loop().set_exception_handler(handler)
+        conn = await asyncpg.connect(cluster.dsn(), timeout=5, command_timeout=5)
+        error: BaseException | None = None
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS t (x int)")
+            async with conn.transaction():
+                # What uvloop does when a write leaves more than the high-water mark buffered
+                # (a merge's data sent but not yet drained): asyncpg's COPY then waits.
+                conn._protocol.pause_writing()
+                if wrapped:
+                    copy = asyncio.ensure_future(copy_in(conn, "t", data, ["x"]))
+                else:
+                    copy = asyncio.ensure_future(
+                        conn.copy_to_table("t", source=data, format="binary")
+                    )
+                await asyncio.sleep(0)  # the COPY is under way (its statement written)
+                await asyncio.to_thread(cluster.kill9)
+                # asyncpg's own COPY hangs here (nothing resumes writing on a lost connection):
+                # the deadline stands in for whatever cancels it.
+                await asyncio.wait_for(copy, 10)
+        except Exception as exc:
+            error = exc
+        finally:
+            conn.terminate()
+        del conn
+        gc.collect()
+        await asyncio.sleep(0)
+        return error
+
+    error = uvloop.run(run())
+    gc.collect()
+    cluster.start()
+    return lost, error
+
+
+#: Kills per variant: the leak was one per kill in this scenario (asyncpg 0.32, uvloop 0.23).
+COPY_KILLS = 5
+
+
+def test_copy_killed_while_paused_leaves_no_unretrieved_future(pg_cluster: PgCluster) -> None:
+    """The origin of the last "Future exception was never retrieved" (issue 16): asyncpg's
+    ``copy_in`` creates its result future, then waits for ``writing_allowed`` outside its
+    timer; a server killed in that wait leaves the COPY hung until cancelled, and the
+    cancellation's CopyFail write to uvloop's closed transport raises before the future's
+    exception is retrieved. ``sink.copy_in`` waits for the transport first: the same kills
+    leave nothing unretrieved and end in a retryable connection error, not a hang. The raw
+    driver is run once as a control (it must still leak, else this test proves nothing)."""
+    import asyncpg
+
+    from deduplicator.sync import lost_connection_verdict
+    from kalshi_data.resilience import ErrorClass
+
+    control, _ = _copy_then_kill(pg_cluster, wrapped=False)
+    assert len(control) == 1, control
+    leaks = 0
+    for _ in range(COPY_KILLS):
+        lost, error = _copy_then_kill(pg_cluster, wrapped=True)
+        leaks += len(lost)
+        assert error is not None
+        cause = error.__context__ if isinstance(error, asyncpg.InterfaceError) else error
+        assert not isinstance(cause, TimeoutError), repr(error)  # ended by the loss, not a hang
+        assert lost_connection_verdict(error, None) is ErrorClass.RETRYABLE, repr(error)
+    print(f"\nCOPY killed while paused: raw driver 1 of 1 leaked, copy_in {leaks} of {COPY_KILLS}")
+    assert leaks == 0
