@@ -119,6 +119,16 @@ async def test_spool_full_stops_reading_then_reconnects_with_gaps(pg_cluster, tm
             60,
             "every gap to recover",
         )
+        # The check below counts traffic from 1 s after the last recovery: wait until the
+        # exchange has run past that instant, then for 1000 more lines.
+        last_recovery_us = query(
+            dsn,
+            "SELECT (extract(epoch FROM max(recovered_at)) * 1e6)::bigint FROM gaps"
+            " WHERE state = 'recovered'",
+        )[0][0]
+        await wait_for(
+            lambda: time.time() * 1e6 > last_recovery_us + 1_500_000, 30, "1 s past the recovery"
+        )
         lines = sim.truth_lines
         await wait_for(lambda: sim.truth_lines >= lines + 1000, 30, "traffic after the return")
         await quiesce(sim, svc, timeout_s=60)
