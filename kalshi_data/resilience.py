@@ -501,9 +501,10 @@ class Supervisor:
        propagates, with no hook called.
     3. ``classify_fn(exc)`` is PERMANENT: free the probe slot, ``on_giveup(exc, verdict)``,
        re-raise.
-    4. RETRYABLE: count it (``attempt``, the breaker). If ``max_attempts`` or ``deadline_s``
-       runs out: ``on_giveup(exc, verdict)`` and re-raise. Else the delay is the Full-Jitter
-       backoff, stretched to the breaker's probe time when it is open;
+    4. RETRYABLE: count it (``attempt``; the breaker, unless ``breaker_fault(exc)`` says its
+       dependency is not to blame: then only free its probe slot). If ``max_attempts`` or
+       ``deadline_s`` runs out: ``on_giveup(exc, verdict)`` and re-raise. Else the delay is
+       the Full-Jitter backoff, stretched to the breaker's probe time when it is open;
        ``on_failure(exc, verdict, delay)``; sleep the delay, interrupted by ``stop``.
     5. Success: the breaker closes, the backoff resets, ``on_success()``.
 
@@ -520,6 +521,8 @@ class Supervisor:
         breaker: Optional breaker (may be shared with other callers of the dependency).
         stop: Optional event: set, it ends :meth:`run` and interrupts its sleeps.
         classify_fn: Error classifier (defaults to :func:`classify`).
+        breaker_fault: Whether a retryable error counts against ``breaker`` (default: every
+            one does); for a loop with two dependencies and a breaker for one of them.
         on_failure: ``(exc, verdict, delay_s)`` before each retry's sleep.
         on_giveup: ``(exc, verdict)`` before a permanent or exhausted error is re-raised.
         on_success: ``()`` after ``op`` returned.
@@ -537,6 +540,7 @@ class Supervisor:
         breaker: CircuitBreaker | None = None,
         stop: asyncio.Event | None = None,
         classify_fn: Callable[[BaseException], ErrorClass] = classify,
+        breaker_fault: Callable[[BaseException], bool] | None = None,
         on_failure: OnFailure | None = None,
         on_giveup: OnGiveUp | None = None,
         on_success: Hook | None = None,
@@ -555,6 +559,7 @@ class Supervisor:
         #: Retryable failures over the supervisor's life.
         self.failures_total = 0
         self._classify = classify_fn
+        self._breaker_fault = breaker_fault
         self._on_failure = on_failure
         self._on_giveup = on_giveup
         self._on_success = on_success
@@ -657,8 +662,7 @@ class Supervisor:
         self._reset_if_stable()
         self.attempt += 1
         self.failures_total += 1
-        if self.breaker is not None:
-            self.breaker.record_failure()
+        self._blame(exc)
         delay = self.backoff.next_delay()
         if self.breaker is not None:
             delay = max(delay, self.breaker.seconds_until_probe())
@@ -678,6 +682,15 @@ class Supervisor:
         if self._on_failure is not None:
             self._on_failure(exc, verdict, delay)
         return delay
+
+    def _blame(self, exc: Exception) -> None:
+        breaker = self.breaker
+        if breaker is None:
+            return
+        if self._breaker_fault is None or self._breaker_fault(exc):
+            breaker.record_failure()
+        else:
+            breaker.release()  # another dependency failed: no verdict on this one
 
     def _out_of_time(self, started: float, wait_s: float) -> bool:
         deadline = self.policy.deadline_s

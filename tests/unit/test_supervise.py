@@ -366,3 +366,28 @@ async def test_hooks_see_the_exception_and_its_summary_is_masked(
     assert "ConnectionRefusedError" in logged
     for text in (*seen, logged):
         assert "hunter2" not in text
+
+
+async def test_breaker_fault_counts_only_its_own_dependency() -> None:
+    """A loop with two dependencies: errors of the other one do not open this breaker, and
+    they free its half-open probe slot instead of holding it."""
+    clock, ev = FakeClock(), Events()
+    br = CircuitBreaker("gatherer", failure_threshold=1, reset_timeout_s=30.0, clock=clock)
+    sup = supervisor(
+        clock,
+        ev,
+        RetryPolicy(0.1, 1.0),
+        breaker=br,
+        breaker_fault=lambda exc: isinstance(exc, ConnectionRefusedError),
+    )
+    _calls, op = script(ConnectionResetError(), ConnectionResetError(), "ok")
+    assert await sup.run(op) == "ok"
+    assert br.opened_total == 0
+    assert max(clock.slept) <= 1.0
+    _calls, op = script(ConnectionRefusedError(), ConnectionResetError(), "ok")
+    assert await sup.run(op) == "ok"
+    assert br.opened_total == 1
+    # Opened by the refusal; the probe failed on the other dependency: the slot was freed, so
+    # the next attempt came right after its backoff, not a second reset_timeout later.
+    assert clock.slept[-2] == pytest.approx(30.0)
+    assert clock.slept[-1] <= 1.0
