@@ -30,7 +30,7 @@ from kalshi_data.errors import PermanentError
 from kalshi_data.httpserver import HealthServer
 from kalshi_data.kalshi.rest import KalshiRest
 from kalshi_data.kalshi.signer import Signer
-from kalshi_data.resilience import Backoff, ErrorClass, RetryPolicy, Supervisor, TokenBucket
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor, TokenBucket
 from kalshi_data.tables import SYNCED_TABLES
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,12 @@ class GathererService:
             extra={"http_port": health.port},
         )
         manager.start()
-        backoff = Backoff(cfg.backoff_base_s, cfg.backoff_cap_s)
-        self._spawn("registry", registry.run(cfg.reconcile_interval_s, backoff.next_delay))
+        self._spawn(
+            "registry",
+            registry.run(
+                cfg.reconcile_interval_s, RetryPolicy(cfg.backoff_base_s, cfg.backoff_cap_s)
+            ),
+        )
         if cfg.snapshot_interval_s > 0:
             poller = SnapshotPoller(
                 rest,
