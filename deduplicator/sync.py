@@ -340,10 +340,7 @@ class GathererSync:
         cursor = positions[spec.name]
         progress.cursor = cursor
         started = time.monotonic()
-        if spec.kind in SEEN_KINDS and self.seen.max_rows > 0:
-            merged = await self._merge_seen_kind(gconn, pconn, spec, cursor, horizon, now)
-        else:
-            merged = await self._merge_plain(gconn, pconn, spec, cursor, horizon, now)
+        merged = await self._next_merge(gconn, pconn, spec, cursor, horizon, now)
         if merged is None:
             progress.fresh_until = now
             progress.backlog = 0
@@ -366,7 +363,7 @@ class GathererSync:
             self._pending.discard(spec.name)
         return True
 
-    async def _merge_seen_kind(
+    async def _next_merge(
         self,
         gconn: asyncpg.Connection,
         pconn: asyncpg.Connection,
@@ -375,7 +372,13 @@ class GathererSync:
         horizon: int,
         now: float,
     ) -> _Merged | None:
-        """The next batch of an immutable table through the seen-identity filter."""
+        """Merge the next batch of ``spec`` (None when nothing is pending): whole for metadata
+        and logs, through the seen-identity filter for immutable tables."""
+        if spec.kind not in SEEN_KINDS or self.seen.max_rows <= 0:
+            bounds = await self._next_batch(gconn, spec, cursor, horizon)
+            if bounds is None:
+                return None
+            return bounds, await self._merge(gconn, pconn, spec, bounds, None, None), now
         ahead = self._ahead.pop(spec.name, None)
         if ahead is not None and ahead.bounds.start == cursor:
             # Read while waiting for another loop's merge (below an earlier horizon: still a
@@ -388,22 +391,6 @@ class GathererSync:
             return None
         result = await self._merge_filtered(gconn, pconn, spec, *keyed, horizon)
         return keyed[0], result, table_now
-
-    async def _merge_plain(
-        self,
-        gconn: asyncpg.Connection,
-        pconn: asyncpg.Connection,
-        spec: TableSpec,
-        cursor: tuple[int, int],
-        horizon: int,
-        now: float,
-    ) -> _Merged | None:
-        """The next batch of a table merged whole (metadata, logs)."""
-        bounds = await self._next_batch(gconn, spec, cursor, horizon)
-        if bounds is None:
-            return None
-        result = await self._merge(gconn, pconn, spec, bounds, None, None)
-        return bounds, result, now
 
     def _tables_to_visit(self, now: float) -> list[TableSpec]:
         """Every table on a full round (the first, then every ``poll_interval_s``, and when a

@@ -18,24 +18,10 @@ from kalshi_data.resilience import (
     RetryPolicy,
     Supervisor,
 )
+from tests.unit.test_resilience import FakeClock
 
 R, P = ErrorClass.RETRYABLE, ErrorClass.PERMANENT
 SECRET_DSN = "postgresql://kd:hunter2-secret@db.internal:5432/kalshi"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand; `sleep` advances it and records the delay."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 class Events:
