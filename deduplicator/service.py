@@ -25,8 +25,9 @@ from deduplicator.lease import LeaseState
 from deduplicator.metrics import DedupMetrics
 from deduplicator.seen import SeenIdentities
 from deduplicator.sync import GathererSync, lost_connection_verdict
+from kalshi_data.errors import describe_error
 from kalshi_data.httpserver import HealthServer
-from kalshi_data.resilience import Backoff, ErrorClass
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor
 from kalshi_data.tables import SYNCED_TABLES
 
 log = logging.getLogger("deduplicator")
@@ -45,6 +46,9 @@ WHERE NOT EXISTS (
 GROUP BY w.gatherer_id
 """
 """Gaps no other gatherer covers: every peer had an overlapping gap on the same markets."""
+
+#: First backoff ceiling of the lease loop, seconds (the cap is ``backoff_cap_s``).
+LEASE_BACKOFF_BASE_S = 0.2
 
 
 class Deduplicator:
@@ -65,6 +69,8 @@ class Deduplicator:
         self._fatal: FatalError | None = None
         self._production_ok = False
         self._lease_conn: asyncpg.Connection | None = None
+        self._lost_lease_conn: asyncpg.Connection | None = None
+        self._last_renew = 0.0
         self.http = HealthServer(
             cfg.http.listen, health=self.health, ready=self.ready, registry=self.metrics.registry
         )
@@ -111,52 +117,70 @@ class Deduplicator:
 
     # ------------------------------------------------------------------ lease
     async def _lease_loop(self) -> None:
-        backoff = Backoff(0.2, self.cfg.backoff_cap_s)
-        last_renew = 0.0
-        while not self.stop.is_set():
-            try:
-                if self._lease_conn is None or self._lease_conn.is_closed():
-                    self._lease_conn = await self._connect("lease")
-                conn = self._lease_conn
-                self._production_ok = True
-                if not self.lease.leader:
-                    if await lease_mod.try_acquire(conn, self.lease, self.cfg.lease_ttl_s):
-                        last_renew = time.monotonic()
-                        log.info("acquired the lease (epoch %d): leading", self.lease.epoch)
-                        self._become_leader()
-                    else:
-                        await self._sleep(self.cfg.lease_poll_s)
-                else:
-                    if await lease_mod.renew(conn, self.lease):
-                        last_renew = time.monotonic()
-                    else:
-                        log.warning("lease taken by another instance: standing by")
-                        await self._step_down()
-                    await self._sleep(self.cfg.lease_ttl_s / 3)
-                backoff.reset()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._production_ok = False
-                lost = self._lease_conn
-                if self._lease_conn is not None:
-                    self._lease_conn.terminate()
-                    self._lease_conn = None
-                if lost_connection_verdict(exc, lost) is ErrorClass.PERMANENT:
-                    self._fatal = FatalError(
-                        f"permanent error from production: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}"
-                    )
-                    self.stop.set()
-                    return
-                self.metrics.production_errors.labels(type(exc).__name__).inc()
-                if self.lease.leader and time.monotonic() - last_renew > self.cfg.lease_ttl_s:
-                    # We can no longer prove we lead; fencing would reject our writes anyway.
-                    log.warning("lease not renewed for %.0f s: stepping down", self.cfg.lease_ttl_s)
-                    await self._step_down()
-                log.warning("production unreachable (%s); retrying", type(exc).__name__)
-                await self._sleep(backoff.next_delay())
+        sup = Supervisor(
+            "production lease",
+            policy=RetryPolicy(LEASE_BACKOFF_BASE_S, self.cfg.backoff_cap_s),
+            stop=self.stop,
+            classify_fn=self._lease_verdict,
+            on_failure=self._lease_failed,
+        )
+        try:
+            while not self.stop.is_set():
+                await sup.run(self._lease_round)
+        except Exception as exc:  # the supervisor re-raises only permanent errors
+            self._fatal = FatalError(f"permanent error from production: {describe_error(exc)}")
+            self.stop.set()
+            return
         self._publish_leader()
+
+    async def _lease_round(self) -> None:
+        """Acquire or renew the lease once, then wait for the next turn; a failure drops the
+        lease connection (and the leadership, once it can no longer be proven) and re-raises."""
+        try:
+            if self._lease_conn is None or self._lease_conn.is_closed():
+                self._lease_conn = await self._connect("lease")
+            self._production_ok = True
+            if self.lease.leader:
+                await self._renew(self._lease_conn)
+            else:
+                await self._acquire(self._lease_conn)
+        except Exception:
+            self._production_ok = False
+            self._lost_lease_conn = self._lease_conn
+            if self._lease_conn is not None:
+                self._lease_conn.terminate()
+                self._lease_conn = None
+            if self.lease.leader and time.monotonic() - self._last_renew > self.cfg.lease_ttl_s:
+                # We can no longer prove we lead; fencing would reject our writes anyway.
+                log.warning("lease not renewed for %.0f s: stepping down", self.cfg.lease_ttl_s)
+                await self._step_down()
+            raise
+
+    async def _acquire(self, conn: asyncpg.Connection) -> None:
+        if await lease_mod.try_acquire(conn, self.lease, self.cfg.lease_ttl_s):
+            self._last_renew = time.monotonic()
+            log.info("acquired the lease (epoch %d): leading", self.lease.epoch)
+            self._become_leader()
+        else:
+            await self._sleep(self.cfg.lease_poll_s)
+
+    async def _renew(self, conn: asyncpg.Connection) -> None:
+        if await lease_mod.renew(conn, self.lease):
+            self._last_renew = time.monotonic()
+        else:
+            log.warning("lease taken by another instance: standing by")
+            await self._step_down()
+        await self._sleep(self.cfg.lease_ttl_s / 3)
+
+    def _lease_verdict(self, exc: BaseException) -> ErrorClass:
+        # The connection the error came from was terminated in _lease_round before this runs,
+        # so an error on an established lease connection is always retried and only a failed
+        # connect (no connection yet) can be permanent: the behaviour since issue 16.
+        return lost_connection_verdict(exc, self._lost_lease_conn)
+
+    def _lease_failed(self, exc: BaseException, _verdict: ErrorClass, _delay: float) -> None:
+        self.metrics.production_errors.labels(type(exc).__name__).inc()
+        log.warning("production unreachable (%s); retrying", type(exc).__name__)
 
     def _publish_leader(self) -> None:
         self.metrics.is_leader.labels(self.cfg.instance_id).set(int(self.lease.leader))

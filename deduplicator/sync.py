@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,8 +24,16 @@ from deduplicator.lease import LeaseState
 from deduplicator.metrics import DedupMetrics
 from deduplicator.seen import SeenIdentities
 from kalshi_data.copypipe import CopyPipe
+from kalshi_data.errors import describe_error
 from kalshi_data.jsonlog import correlation
-from kalshi_data.resilience import Backoff, BreakerState, CircuitBreaker, ErrorClass, classify
+from kalshi_data.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    ErrorClass,
+    RetryPolicy,
+    Supervisor,
+    classify,
+)
 from kalshi_data.tables import SYNCED_TABLES, TableSpec
 
 log = logging.getLogger("deduplicator.sync")
@@ -38,9 +46,15 @@ SEEN_KINDS = frozenset({"event", "state"})
 CLAIM_WAIT_S = 30.0
 CLAIM_WAITS = 3
 
+#: First backoff ceiling of a sync loop, seconds (the cap is ``backoff_cap_s``).
+SYNC_BACKOFF_BASE_S = 0.1
+
 #: How often the gatherer cluster's identity is checked again while connected (a restore that
 #: rewinds xids without a reconnect is caught within this).
 IDENTITY_CHECK_S = 10.0
+
+#: A merged batch: its bounds, the merge's result, and the time it was known complete at.
+_Merged = tuple[source.BatchBounds, sink.MergeResult, float]
 
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -97,7 +111,6 @@ class GathererSync:
             failure_threshold=cfg.breaker_failures,
             reset_timeout_s=cfg.breaker_reset_s,
         )
-        self.backoff = Backoff(0.1, cfg.backoff_cap_s)
         self.wake = wake or asyncio.Event()
         self.seen = seen if seen is not None else SeenIdentities(cfg.seen_cache_rows)
         self._gconn: asyncpg.Connection | None = None
@@ -146,6 +159,9 @@ class GathererSync:
 
     async def close(self) -> None:
         """Close both connections (abort in-flight work; the transaction rolls back)."""
+        self._drop()
+
+    def _drop(self) -> None:
         for conn in (self._gconn, self._pconn):
             if conn is not None and not conn.is_closed():
                 conn.terminate()
@@ -156,54 +172,69 @@ class GathererSync:
 
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
-        """Sync until ``stop`` is set or leadership is lost; permanent errors raise FatalError."""
-        while not stop.is_set() and self.lease.leader:
-            if not self.breaker.allow():
-                self._publish_breaker()
-                await _wait(stop, self.breaker.seconds_until_probe())
-                continue
-            # Cleared *before* the round: a notification that arrives while the round runs
-            # (after its table was read) wakes the next round instead of being lost until the
-            # poll interval.
-            self.wake.clear()
-            try:
-                with correlation():
-                    progressed = await self._round()
-            except NotLeader:
-                log.warning("lost the lease while writing; stepping down")
-                return
-            except CursorMoved as exc:
-                log.warning("cursor moved under this instance: %s; reloading", exc)
-                self._positions = None
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._failed(exc)
-                await _wait(stop, self.backoff.next_delay())
-                continue
-            self.breaker.record_success()
-            self.backoff.reset()
-            self._publish_breaker()
-            if not progressed:
-                await _wait_event(stop, self.wake, self.cfg.poll_interval_s)
+        """Sync until ``stop`` is set or leadership is lost; permanent errors raise FatalError.
 
-    async def _failed(self, exc: BaseException) -> None:
-        cause = exc.__cause__ if isinstance(exc, SourceError) and exc.__cause__ else exc
-        where = "gatherer" if isinstance(exc, SourceError) else "production"
-        kind = lost_connection_verdict(cause, self._gconn if where == "gatherer" else self._pconn)
+        Rounds run under one :class:`Supervisor`: a failed round is classified, counted against
+        the gatherer's breaker when the gatherer failed, and retried after a Full-Jitter delay
+        (or once the breaker allows a probe); a permanent error closes both connections and
+        ends the loop with a FatalError.
+        """
+        sup = Supervisor(
+            f"sync of {self.src.id}",
+            policy=RetryPolicy(SYNC_BACKOFF_BASE_S, self.cfg.backoff_cap_s),
+            breaker=self.breaker,
+            stop=stop,
+            classify_fn=self._verdict,
+            breaker_fault=lambda exc: isinstance(exc, SourceError),
+            on_failure=self._on_failure,
+            on_giveup=self._on_giveup,
+            on_success=self._publish_breaker,
+        )
+        while not stop.is_set() and self.lease.leader:
+            try:
+                progressed = await sup.run(self._attempt)
+            except Exception as exc:  # only permanent errors: _on_giveup closed the connections
+                raise self._fatal_error(exc) from exc
+            if progressed is None:
+                return
+            if not progressed:
+                await wait_events([stop, self.wake], self.cfg.poll_interval_s, first=True)
+
+    async def _attempt(self) -> bool | None:
+        """One round: True when it merged anything (or must reload its cursors: go again at
+        once), False when there was nothing to merge, None when this instance no longer leads."""
+        if not self.lease.leader:
+            return None
+        # Cleared *before* the round: a notification that arrives while the round runs (after
+        # its table was read) wakes the next round instead of being lost until the poll interval.
+        self.wake.clear()
+        try:
+            with correlation():
+                return await self._round()
+        except NotLeader:
+            log.warning("lost the lease while writing; stepping down")
+            return None
+        except CursorMoved as exc:
+            log.warning("cursor moved under this instance: %s; reloading", exc)
+            self._positions = None
+            return True
+
+    def _blame(self, exc: BaseException) -> tuple[str, BaseException]:
+        """Which side failed (``gatherer`` or ``production``) and the driver error itself."""
+        if isinstance(exc, SourceError):
+            return "gatherer", exc.__cause__ or exc
+        return "production", exc
+
+    def _verdict(self, exc: BaseException) -> ErrorClass:
+        where, cause = self._blame(exc)
+        return lost_connection_verdict(cause, self._gconn if where == "gatherer" else self._pconn)
+
+    def _on_failure(self, exc: BaseException, _verdict: ErrorClass, _delay: float) -> None:
+        where, cause = self._blame(exc)
         self.status.last_error = f"{where}: {type(cause).__name__}"
-        if kind is ErrorClass.PERMANENT:
-            await self.close()
-            which = self.src.id if where == "gatherer" else "production"
-            raise FatalError(
-                f"permanent error from {where} ({which}): "
-                f"{type(cause).__name__}: {_safe_message(cause)}"
-            ) from exc
         if where == "gatherer":
             self.status.up = False
             self.metrics.gatherer_up.labels(self.src.id).set(0)
-            self.breaker.record_failure()
             self._publish_breaker()
         else:
             self.metrics.production_errors.labels(type(cause).__name__).inc()
@@ -213,7 +244,17 @@ class GathererSync:
             where,
             type(cause).__name__,
         )
-        await self.close()
+        self._drop()
+
+    def _on_giveup(self, exc: BaseException, _verdict: ErrorClass) -> None:
+        where, cause = self._blame(exc)
+        self.status.last_error = f"{where}: {type(cause).__name__}"
+        self._drop()
+
+    def _fatal_error(self, exc: BaseException) -> FatalError:
+        where, cause = self._blame(exc)
+        which = self.src.id if where == "gatherer" else "production"
+        return FatalError(f"permanent error from {where} ({which}): {describe_error(cause)}")
 
     def _publish_breaker(self) -> None:
         self.metrics.breaker_state.labels(f"gatherer-{self.src.id}").set(
@@ -282,54 +323,74 @@ class GathererSync:
         for spec in self._tables_to_visit(now):
             if not self.lease.leader:
                 raise NotLeader("stepped down")
-            progress = self.status.tables[spec.name]
-            cursor = positions[spec.name]
-            progress.cursor = cursor
-            started = time.monotonic()
-            if spec.kind in SEEN_KINDS and self.seen.max_rows > 0:
-                ahead = self._ahead.pop(spec.name, None)
-                if ahead is not None and ahead.bounds.start == cursor:
-                    # Read while waiting for another loop's merge (below an earlier horizon:
-                    # still a closed, stable range).
-                    keyed: tuple[source.BatchBounds, source.BatchKeys] | None = (
-                        ahead.bounds,
-                        ahead.keys,
-                    )
-                    table_now = ahead.taken_at
-                else:
-                    keyed, table_now = await self._keyed_batch(gconn, spec, cursor, horizon), now
-                if keyed is None:
-                    progress.fresh_until = now
-                    progress.backlog = 0
-                    continue  # (stays pending if it was notified: see _tables_to_visit)
-                bounds = keyed[0]
-                result = await self._merge_filtered(gconn, pconn, spec, *keyed, horizon)
-            else:
-                table_now = now
-                plain = await self._next_batch(gconn, spec, cursor, horizon)
-                if plain is None:
-                    progress.fresh_until = now
-                    progress.backlog = 0
-                    continue
-                bounds = plain
-                result = await self._merge(gconn, pconn, spec, bounds, None, None)
-            self.metrics.batch_seconds.observe(time.monotonic() - started)
-            self.metrics.record_merge(self.src.id, spec.name, result.rows, result.inserted)
-            progress.cursor = bounds.end
-            positions[spec.name] = bounds.end
-            progressed = True
-            if bounds.rows < self.cfg.batch_rows and result.newest_received_at is not None:
-                # The batch took everything pending below the horizon at `table_now`.
-                progress.fresh_until = table_now
-            elif result.newest_received_at is not None:
-                progress.fresh_until = result.newest_received_at
-            full = bounds.rows >= self.cfg.batch_rows
-            progress.backlog = await source.backlog(gconn, spec, bounds.end[1]) if full else 0
-            if full:
-                self._pending.add(spec.name)
-            else:
-                self._pending.discard(spec.name)
+            progressed |= await self._sync_table(gconn, pconn, spec, positions, horizon, now)
         return progressed
+
+    async def _sync_table(
+        self,
+        gconn: asyncpg.Connection,
+        pconn: asyncpg.Connection,
+        spec: TableSpec,
+        positions: dict[str, tuple[int, int]],
+        horizon: int,
+        now: float,
+    ) -> bool:
+        """Merge at most one batch of ``spec`` and book its progress; True when one merged."""
+        progress = self.status.tables[spec.name]
+        cursor = positions[spec.name]
+        progress.cursor = cursor
+        started = time.monotonic()
+        merged = await self._next_merge(gconn, pconn, spec, cursor, horizon, now)
+        if merged is None:
+            progress.fresh_until = now
+            progress.backlog = 0
+            return False  # (stays pending if it was notified: see _tables_to_visit)
+        bounds, result, table_now = merged
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        self.metrics.record_merge(self.src.id, spec.name, result.rows, result.inserted)
+        progress.cursor = bounds.end
+        positions[spec.name] = bounds.end
+        if bounds.rows < self.cfg.batch_rows and result.newest_received_at is not None:
+            # The batch took everything pending below the horizon at `table_now`.
+            progress.fresh_until = table_now
+        elif result.newest_received_at is not None:
+            progress.fresh_until = result.newest_received_at
+        full = bounds.rows >= self.cfg.batch_rows
+        progress.backlog = await source.backlog(gconn, spec, bounds.end[1]) if full else 0
+        if full:
+            self._pending.add(spec.name)
+        else:
+            self._pending.discard(spec.name)
+        return True
+
+    async def _next_merge(
+        self,
+        gconn: asyncpg.Connection,
+        pconn: asyncpg.Connection,
+        spec: TableSpec,
+        cursor: tuple[int, int],
+        horizon: int,
+        now: float,
+    ) -> _Merged | None:
+        """Merge the next batch of ``spec`` (None when nothing is pending): whole for metadata
+        and logs, through the seen-identity filter for immutable tables."""
+        if spec.kind not in SEEN_KINDS or self.seen.max_rows <= 0:
+            bounds = await self._next_batch(gconn, spec, cursor, horizon)
+            if bounds is None:
+                return None
+            return bounds, await self._merge(gconn, pconn, spec, bounds, None, None), now
+        ahead = self._ahead.pop(spec.name, None)
+        if ahead is not None and ahead.bounds.start == cursor:
+            # Read while waiting for another loop's merge (below an earlier horizon: still a
+            # closed, stable range).
+            keyed: tuple[source.BatchBounds, source.BatchKeys] | None = (ahead.bounds, ahead.keys)
+            table_now = ahead.taken_at
+        else:
+            keyed, table_now = await self._keyed_batch(gconn, spec, cursor, horizon), now
+        if keyed is None:
+            return None
+        result = await self._merge_filtered(gconn, pconn, spec, *keyed, horizon)
+        return keyed[0], result, table_now
 
     def _tables_to_visit(self, now: float) -> list[TableSpec]:
         """Every table on a full round (the first, then every ``poll_interval_s``, and when a
@@ -452,17 +513,14 @@ class GathererSync:
             ahead = None
             if spec.name not in self._ahead and bounds.rows >= self.cfg.batch_rows:
                 ahead = asyncio.create_task(self._read_ahead(gconn, spec, bounds, horizon))
-            waiters = [asyncio.ensure_future(c.done.wait()) for c in found.wait_for]
             try:
-                await asyncio.wait(waiters, timeout=CLAIM_WAIT_S)
+                await wait_events([c.done for c in found.wait_for], CLAIM_WAIT_S)
                 if ahead is not None:
                     await ahead  # the connection must be free again before the merge uses it
             finally:
                 # Never leave a sub-task behind (cancelled, or the read-ahead failed): the
                 # read-ahead would go on using the gatherer connection, and a failed task that
                 # nobody awaits is "Task exception was never retrieved".
-                for w in waiters:
-                    w.cancel()
                 if ahead is not None and not ahead.done():
                     ahead.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -529,26 +587,23 @@ def pipe_failed_on_source(exc: BaseException, gconn: asyncpg.Connection) -> bool
     return gconn.is_closed() and not isinstance(exc, asyncpg.PostgresError)
 
 
-def _safe_message(exc: BaseException) -> str:
-    """An error message without anything that looks like a DSN or password."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text if "://" not in text and "password=" not in text else "(redacted)"
+async def wait_events(
+    events: Iterable[asyncio.Event], timeout_s: float, *, first: bool = False
+) -> None:
+    """Wait until every event (or, with ``first``, any one) is set, at most ``timeout_s``.
 
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-    except TimeoutError:
+    The waiter tasks are cancelled on the way out, however it ends (timeout, cancellation):
+    none is left pending on an event that may never be set.
+    """
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    if not waiters:
         return
-
-
-async def _wait_event(stop: asyncio.Event, event: asyncio.Event, seconds: float) -> None:
-    waiters = {
-        asyncio.ensure_future(stop.wait()),
-        asyncio.ensure_future(event.wait()),
-    }
     try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            waiters,
+            timeout=timeout_s,
+            return_when=asyncio.FIRST_COMPLETED if first else asyncio.ALL_COMPLETED,
+        )
     finally:
         for w in waiters:
             w.cancel()

@@ -14,7 +14,6 @@ new table is not yet a partition); the exporter skips such a day (kalshi_data/ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from deduplicator.metrics import DedupMetrics
-from kalshi_data.resilience import Backoff, ErrorClass, classify
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor, classify, retry
 from kalshi_data.tables import TIMESERIES_TABLES, TableSpec
 
 log = logging.getLogger("deduplicator.upkeep")
@@ -35,6 +34,11 @@ INTERVAL_S = 3600.0
 DAYS_BACK = 2
 DAYS_AHEAD = 7
 LOCK_TIMEOUT_S = 2.0
+#: A step that cannot get its lock: tried this many times with backoff 0.2 s .. 5 s.
+STEP_RETRY = RetryPolicy(base_s=0.2, cap_s=5.0, max_attempts=5)
+#: A failed upkeep run is tried again after Full-Jitter backoff, 1 s .. 60 s.
+UPKEEP_BACKOFF_BASE_S = 1.0
+UPKEEP_BACKOFF_CAP_S = 60.0
 
 
 @dataclass
@@ -55,17 +59,22 @@ def publish(metrics: DedupMetrics, report: UpkeepReport) -> None:
     metrics.partition_upkeep_last_success.set(time.time())
 
 
+def _lock_timeout_only(exc: BaseException) -> ErrorClass:
+    # A step runs inside the upkeep's own connection: anything but a lock it could not get
+    # (a lost connection included) ends this upkeep run, and the next run starts afresh.
+    if isinstance(exc, asyncpg.exceptions.LockNotAvailableError):
+        return ErrorClass.RETRYABLE
+    return ErrorClass.PERMANENT
+
+
 async def _step(conn: asyncpg.Connection, query: str, *args: object) -> object:
     """One upkeep statement; a lock it cannot get within the timeout is retried a few times."""
-    backoff = Backoff(0.2, 5.0)
-    for attempt in range(5):
-        try:
-            return await conn.fetchval(query, *args)
-        except asyncpg.exceptions.LockNotAvailableError:
-            if attempt == 4:
-                raise
-            await asyncio.sleep(backoff.next_delay())
-    raise AssertionError("unreachable")
+    return await retry(
+        lambda: conn.fetchval(query, *args),
+        policy=STEP_RETRY,
+        name="partition upkeep step",
+        classify_fn=_lock_timeout_only,
+    )
 
 
 async def ensure_day(
@@ -130,6 +139,25 @@ async def run_upkeep(
     return report
 
 
+async def _upkeep_once(dsn: str, connect_timeout_s: float) -> UpkeepReport:
+    conn = await asyncpg.connect(
+        dsn,
+        timeout=connect_timeout_s,
+        server_settings={"application_name": "kalshi-dedup-upkeep", "jit": "off"},
+    )
+    try:
+        return await run_upkeep(conn, now=datetime.now(UTC))
+    finally:
+        await conn.close()
+
+
+def _upkeep_failed(exc: BaseException, _verdict: ErrorClass, _delay: float) -> None:
+    if classify(exc) is ErrorClass.PERMANENT:
+        log.error("partition upkeep failed: %s", type(exc).__name__)
+    else:
+        log.warning("partition upkeep failed (%s); retrying", type(exc).__name__)
+
+
 async def run_periodic(
     dsn: str,
     metrics: DedupMetrics,
@@ -138,36 +166,30 @@ async def run_periodic(
     interval_s: float = INTERVAL_S,
     connect_timeout_s: float = 5.0,
 ) -> None:
-    """Upkeep every ``interval_s`` until ``stop`` (or cancellation at step-down)."""
-    backoff = Backoff(1.0, 60.0)
+    """Upkeep every ``interval_s`` until ``stop`` (or cancellation at step-down).
+
+    A failed run, whatever the cause, is retried with backoff (never later than ``interval_s``):
+    a permanent fault is logged as an error and tried again, since the service goes on.
+    """
+    sup = Supervisor(
+        "partition upkeep",
+        policy=RetryPolicy(
+            min(UPKEEP_BACKOFF_BASE_S, interval_s), min(UPKEEP_BACKOFF_CAP_S, interval_s)
+        ),
+        stop=stop,
+        classify_fn=lambda _exc: ErrorClass.RETRYABLE,
+        on_failure=_upkeep_failed,
+    )
     while not stop.is_set():
-        wait = interval_s
-        try:
-            conn = await asyncpg.connect(
-                dsn,
-                timeout=connect_timeout_s,
-                server_settings={"application_name": "kalshi-dedup-upkeep", "jit": "off"},
-            )
-            try:
-                report = await run_upkeep(conn, now=datetime.now(UTC))
-            finally:
-                await conn.close()
-            publish(metrics, report)
-            backoff.reset()
-            log.info(
-                "partition upkeep: %d created, %d repaired, default rows %s, %.2f s",
-                len(report.created),
-                len(report.repaired),
-                report.default_rows,
-                report.seconds,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if classify(exc) is ErrorClass.PERMANENT:
-                log.error("partition upkeep failed: %s", type(exc).__name__)  # noqa: TRY400
-            else:
-                log.warning("partition upkeep failed (%s); retrying", type(exc).__name__)
-            wait = min(interval_s, backoff.next_delay())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=wait)
+        report = await sup.run(lambda: _upkeep_once(dsn, connect_timeout_s))
+        if report is None:
+            return
+        publish(metrics, report)
+        log.info(
+            "partition upkeep: %d created, %d repaired, default rows %s, %.2f s",
+            len(report.created),
+            len(report.repaired),
+            report.default_rows,
+            report.seconds,
+        )
+        await sup.sleep(interval_s)

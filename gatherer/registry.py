@@ -22,9 +22,11 @@ from urllib.parse import quote
 
 from gatherer.ingest import Ingest, Put, now_us
 from gatherer.metrics import GathererMetrics
+from kalshi_data.errors import describe_error
 from kalshi_data.kalshi.parse import DeadLetter, event_from_rest
 from kalshi_data.kalshi.rest import KalshiRest, NotFound
 from kalshi_data.records import EventRec, LifecycleRec, MarketRec, SeriesRec
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class Registry:
         self._wake = asyncio.Event()
         self._reconcile_soon = False
         self.loaded = False
+        self._next_full = 0.0  # loop time of the next full reconcile (set by run)
         self.loaded_event = asyncio.Event()
         self.reconciles = 0
 
@@ -241,33 +244,45 @@ class Registry:
         self._reconcile_soon = True
         self._wake.set()
 
-    async def run(self, reconcile_interval_s: float, retry_delay: Callable[[], float]) -> None:
-        """Initial load (retried until it succeeds), then refetches and periodic reconciles."""
+    async def run(self, reconcile_interval_s: float, retry: RetryPolicy) -> None:
+        """Initial load (retried until it succeeds), then refetches and periodic reconciles.
+
+        A failed step runs again under one :class:`Supervisor` after Full-Jitter backoff per
+        ``retry`` (reset by the next success), whatever the error: the REST client has already
+        retried what is passing, and the registry must come up.
+        """
         loop = asyncio.get_running_loop()
-        next_full = loop.time()
+        self._next_full = loop.time()
+
+        def failed(exc: BaseException, _verdict: ErrorClass, delay: float) -> None:
+            self._metrics.rest_errors.labels(self._metrics.gatherer_id, "registry").inc()
+            log.warning(
+                "registry: REST sync failed (%s); retrying in %.1fs", describe_error(exc), delay
+            )
+            if not self.loaded:
+                self._next_full = loop.time()
+
+        sup = Supervisor(
+            "registry REST sync",
+            policy=retry,
+            classify_fn=lambda _exc: ErrorClass.RETRYABLE,
+            on_failure=failed,
+        )
         while True:
-            now = loop.time()
-            try:
-                if now >= next_full or self._reconcile_soon:
-                    self._reconcile_soon = False
-                    await self.sync()
-                    next_full = loop.time() + reconcile_interval_s
-                    log.info("registry: reconciled, %d markets carried", len(self.markets))
-                elif self._refetch_markets or self._refetch_events:
-                    await self._refetch()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._metrics.rest_errors.labels(self._metrics.gatherer_id, "registry").inc()
-                delay = retry_delay()
-                log.warning("registry: REST sync failed (%s); retrying in %.1fs", exc, delay)
-                if not self.loaded:
-                    next_full = loop.time()
-                await asyncio.sleep(delay)
-                continue
-            timeout = max(0.0, next_full - loop.time())
+            await sup.run(lambda: self._step(loop, reconcile_interval_s))
+            timeout = max(0.0, self._next_full - loop.time())
             self._wake.clear()
             if self._refetch_markets or self._refetch_events or self._reconcile_soon:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def _step(self, loop: asyncio.AbstractEventLoop, reconcile_interval_s: float) -> None:
+        """A full reconcile when one is due (or asked for), else the pending refetches."""
+        if loop.time() >= self._next_full or self._reconcile_soon:
+            self._reconcile_soon = False
+            await self.sync()
+            self._next_full = loop.time() + reconcile_interval_s
+            log.info("registry: reconciled, %d markets carried", len(self.markets))
+        elif self._refetch_markets or self._refetch_events:
+            await self._refetch()

@@ -11,7 +11,6 @@ the writer to the database (or the spool) within ``stop_timeout_s``, close the h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,7 @@ from kalshi_data.errors import PermanentError
 from kalshi_data.httpserver import HealthServer
 from kalshi_data.kalshi.rest import KalshiRest
 from kalshi_data.kalshi.signer import Signer
-from kalshi_data.resilience import Backoff, ErrorClass, RetryPolicy, TokenBucket, classify
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor, TokenBucket
 from kalshi_data.tables import SYNCED_TABLES
 
 log = logging.getLogger(__name__)
@@ -77,31 +76,34 @@ class GathererService:
     # -- start-up ---------------------------------------------------------------------------
     async def _wait_for_database(self, stop: asyncio.Event) -> bool:
         """Run the start-up checks, retrying passing faults until they pass or stop is set."""
-        backoff = Backoff(self.cfg.backoff_base_s, self.cfg.backoff_cap_s)
         db = self.cfg.database
-        while not stop.is_set():
-            try:
-                created = await prepare_database(db.dsn.reveal(), db.connect_timeout_s)
-            except PermanentError:
-                raise
-            except Exception as exc:
-                if classify(exc) is ErrorClass.PERMANENT:
-                    raise PermanentError(
-                        f"local database refused the gatherer: {type(exc).__name__}"
-                        f" {getattr(exc, 'sqlstate', '')}"
-                    ) from exc
-                delay = backoff.next_delay()
-                log.warning(
-                    "local database not reachable at start (%s); retrying in %.1fs",
-                    type(exc).__name__,
-                    delay,
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                continue
-            log.info("local database checked (%d partitions created)", created)
-            return True
-        return False
+
+        def on_failure(exc: BaseException, _verdict: ErrorClass, delay: float) -> None:
+            log.warning(
+                "local database not reachable at start (%s); retrying in %.1fs",
+                type(exc).__name__,
+                delay,
+            )
+
+        sup = Supervisor(
+            "local database check",
+            policy=RetryPolicy(self.cfg.backoff_base_s, self.cfg.backoff_cap_s),
+            stop=stop,
+            on_failure=on_failure,
+        )
+        try:
+            created = await sup.run(lambda: prepare_database(db.dsn.reveal(), db.connect_timeout_s))
+        except PermanentError:
+            raise
+        except Exception as exc:  # the supervisor re-raises only permanent errors
+            raise PermanentError(
+                f"local database refused the gatherer: {type(exc).__name__}"
+                f" {getattr(exc, 'sqlstate', '')}"
+            ) from exc
+        if created is None:  # stop was set first
+            return False
+        log.info("local database checked (%d partitions created)", created)
+        return True
 
     def _spawn(self, name: str, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.create_task(self._supervise(name, coro), name=name))
@@ -187,8 +189,12 @@ class GathererService:
             extra={"http_port": health.port},
         )
         manager.start()
-        backoff = Backoff(cfg.backoff_base_s, cfg.backoff_cap_s)
-        self._spawn("registry", registry.run(cfg.reconcile_interval_s, backoff.next_delay))
+        self._spawn(
+            "registry",
+            registry.run(
+                cfg.reconcile_interval_s, RetryPolicy(cfg.backoff_base_s, cfg.backoff_cap_s)
+            ),
+        )
         if cfg.snapshot_interval_s > 0:
             poller = SnapshotPoller(
                 rest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import aiohttp
@@ -178,3 +179,38 @@ async def test_spool_full_stops_reading_then_reconnects_with_gaps(pg_cluster, tm
         assert before[table].exact, (table, list(before[table].missing)[:5])
         assert after[table].exact, (table, list(after[table].missing)[:5])
         assert after[table].expected > 0
+
+
+async def test_local_db_down_at_start_waits_then_starts(pg_cluster, tmp_path, caplog):
+    """The start-up checks retry through the Supervisor while the local DB is down: a stop
+    during the wait ends the run at once (the backoff sleep is interrupted), and when the
+    database comes back the gatherer starts and writes."""
+    dsn = gatherer_db(pg_cluster.create_database("g1"))
+    await asyncio.to_thread(pg_cluster.stop)
+    retries = "local database not reachable at start"
+    try:
+        async with simulator(tmp_path, rate=500.0, markets=5) as sim:
+            # Long backoff: without the stop event cutting the sleep, finish() would time out.
+            slow = config_data(sim, dsn, tmp_path, backoff_base_s=30, backoff_cap_s=30)
+            caplog.set_level(logging.WARNING, logger="gatherer.service")
+            async with gatherer(slow) as run:
+                await wait_for(lambda: retries in caplog.text, 30, "a start-up retry")
+                assert run.service.writer is None
+                assert await run.finish(timeout_s=5) == 0
+            caplog.clear()
+            async with gatherer(config_data(sim, dsn, tmp_path)) as run:
+                await wait_for(lambda: caplog.text.count(retries) >= 2, 30, "start-up retries")
+                assert run.service.writer is None
+                await asyncio.to_thread(pg_cluster.start)
+                await wait_for(lambda: run.service.writer is not None, 30, "the start-up checks")
+                svc = run.service
+                await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+                sim.resume()
+                await wait_for(
+                    lambda: query(dsn, "SELECT count(*) FROM trades")[0][0] > 0, 30, "rows written"
+                )
+                assert await run.finish() == 0
+    finally:
+        if not pg_cluster.is_running():
+            await asyncio.to_thread(pg_cluster.start)
+    assert query(dsn, "SELECT count(*) FROM markets")[0][0] > 0

@@ -9,6 +9,7 @@ partition, and production holds exactly the rows written, each once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -17,7 +18,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from deduplicator.upkeep import run_upkeep
+from deduplicator.metrics import DedupMetrics
+from deduplicator.upkeep import run_periodic, run_upkeep
 from kalshi_data.migrate import migrate
 from kalshi_data.pgcluster import PgCluster
 from kalshi_data.tables import TIMESERIES_TABLES, TRADES
@@ -196,3 +198,37 @@ def test_upkeep_creates_days_ahead_and_is_idempotent(prod: tuple[str, str]) -> N
         parts = _partitions(conn, TRADES.name)
     for n in range(-2, 4):
         assert f"trades_p{(now + timedelta(days=n)).date():%Y%m%d}" in parts
+
+
+def test_periodic_upkeep_retries_failures_and_stops_at_once(
+    prod: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """run_periodic under its Supervisor: a failing run (here a wrong password, permanent) is
+    logged and retried with backoff rather than ending the loop; a good run publishes; the stop
+    event cuts both the backoff and the hour-long wait short."""
+    _, writer_dsn = prod
+    wrong = writer_dsn.replace(WRITER_PW, "not-the-password")
+    metrics = DedupMetrics("upkeep-test")
+
+    async def scenario() -> float:
+        caplog.set_level(logging.WARNING, logger="deduplicator.upkeep")
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_periodic(wrong, metrics, stop, interval_s=0.2))
+        deadline = time.monotonic() + 30
+        while caplog.text.count("partition upkeep failed: InvalidPasswordError") < 2:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_periodic(writer_dsn, metrics, stop))  # hourly
+        gauge = metrics.partition_upkeep_last_success
+        while gauge._value.get() == 0:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline + 30
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        return float(gauge._value.get())  # type: ignore[attr-defined]
+
+    assert asyncio.run(scenario()) > 0
+    assert "not-the-password" not in caplog.text
