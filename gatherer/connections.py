@@ -16,8 +16,9 @@ every reply, gap, error and reconnect, is :class:`~gatherer.subscription.Subscri
   the session, whose actions it carries out (send a command; run the session's ``sync`` now or
   after a pause, from a control task so the reader never sleeps);
 - on a disconnect tells the session (a recorded gap for everything it carried) and reconnects
-  forever with Full Jitter backoff; the next session start resubscribes everything (fresh
-  snapshots recover the gap).
+  forever through the shared :class:`~kalshi_data.resilience.Supervisor` (Full Jitter backoff,
+  reset by the first frame of a connection; a clean close is reconnected too, without a
+  warning); the next session start resubscribes everything (fresh snapshots recover the gap).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from gatherer.config import GathererConfig
+from gatherer.errors import SessionEnded
 from gatherer.ingest import Ingest, now_us
 from gatherer.metrics import GathererMetrics
 from gatherer.shards import ShardPlan, SubscriptionLayout
@@ -47,12 +49,18 @@ from kalshi_data.errors import describe_error
 from kalshi_data.kalshi.signer import Signer
 from kalshi_data.kalshi.wsconnect import ws_connect
 from kalshi_data.kalshi.wsproto import Data
-from kalshi_data.resilience import Backoff
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
 #: A close code after which the server's close is not worth a warning (normal, going away).
 _CLEAN_CLOSE = frozenset({1000, 1001})
+
+
+def _always_reconnect(_exc: BaseException) -> ErrorClass:
+    """Every end of a connection is retried: the gatherer reconnects forever (DESIGN §5); a
+    refused key or URL shows as a connection down in health, never as a dead task."""
+    return ErrorClass.RETRYABLE
 
 
 class Connection:
@@ -143,46 +151,54 @@ class Connection:
 
     # -- the run loop -----------------------------------------------------------------------
     async def run(self) -> None:
-        """Connect, subscribe, read; on any failure back off (Full Jitter) and reconnect."""
-        backoff = Backoff(self._cfg.backoff_base_s, self._cfg.backoff_cap_s)
-        kalshi = self._cfg.kalshi
+        """Connect, subscribe, read; on any end back off (Full Jitter) and reconnect, until
+        :meth:`stop` (the shared supervisor: kalshi_data.resilience.Supervisor)."""
+        supervisor = Supervisor(
+            self.name,
+            policy=RetryPolicy(base_s=self._cfg.backoff_base_s, cap_s=self._cfg.backoff_cap_s),
+            stop=self._stopping,
+            classify_fn=_always_reconnect,
+            on_failure=self._on_lost,
+        )
         async with aiohttp.ClientSession() as http:
-            while not self._stopping.is_set():
-                if not self._reading.is_set():
-                    await self._reading.wait()  # paused (full spool); stop() sets it too
-                    continue
-                try:
-                    ws = await ws_connect(
-                        http,
-                        kalshi.ws_url,
-                        self._signer,
-                        open_timeout_s=kalshi.open_timeout_s,
-                        max_frame_bytes=kalshi.max_frame_bytes,
-                        autoping=False,  # pings answered and pongs timed here
-                    )
-                    try:
-                        await self._session(ws, backoff)
-                    finally:
-                        await ws.close()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if not self._stopping.is_set():
-                        log.warning(
-                            "%s: connection failed or lost (%s)",
-                            self.name,
-                            describe_error(exc),
-                            extra={"connection": self.name},
-                        )
-                finally:
-                    self._disconnected()
-                if self._stopping.is_set():
-                    break
-                delay = backoff.next_delay()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            await supervisor.run(lambda: self._connection(http, supervisor))
 
-    async def _session(self, ws: aiohttp.ClientWebSocketResponse, backoff: Backoff) -> None:
+    async def _connection(self, http: aiohttp.ClientSession, supervisor: Supervisor) -> None:
+        """One connection, from the wait while paused to its end; returns only on stop."""
+        await self._reading.wait()  # paused (full spool); stop() sets it too
+        if self._stopping.is_set():
+            return
+        kalshi = self._cfg.kalshi
+        try:
+            ws = await ws_connect(
+                http,
+                kalshi.ws_url,
+                self._signer,
+                open_timeout_s=kalshi.open_timeout_s,
+                max_frame_bytes=kalshi.max_frame_bytes,
+                autoping=False,  # pings answered and pongs timed here
+            )
+            try:
+                await self._session(ws, supervisor)
+            finally:
+                await ws.close()
+        finally:
+            self._disconnected()
+        if not self._stopping.is_set():
+            raise SessionEnded(self.name)  # a clean close is reconnected too, after the backoff
+
+    def _on_lost(self, exc: BaseException, _verdict: ErrorClass, _delay_s: float) -> None:
+        """The supervisor's failure hook: warn about a fault (not a clean end, not stop)."""
+        if isinstance(exc, SessionEnded) or self._stopping.is_set():
+            return
+        log.warning(
+            "%s: connection failed or lost (%s)",
+            self.name,
+            describe_error(exc),
+            extra={"connection": self.name},
+        )
+
+    async def _session(self, ws: aiohttp.ClientWebSocketResponse, supervisor: Supervisor) -> None:
         self._ws = ws
         if not self._reading.is_set():
             return  # paused while connecting: never up, nothing missed to record
@@ -199,13 +215,13 @@ class Connection:
             asyncio.create_task(self._keepalive(ws), name=f"{self.name}-keepalive"),
         ]
         try:
-            await self._read(ws, backoff)
+            await self._read(ws, supervisor)
         finally:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse, backoff: Backoff) -> None:
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, supervisor: Supervisor) -> None:
         """Frames until the socket closes, stop() or pause(): data to ingest, the rest to the
         session (its actions carried out before the next frame)."""
         first = True
@@ -225,7 +241,7 @@ class Connection:
             self.frames += 1
             self.last_frame_mono = time.monotonic()
             if first:
-                backoff.reset()  # the link works: the next failure starts from base again
+                supervisor.connected()  # the link works: the next failure starts from base
                 first = False
             for event in feed(msg.data):
                 if type(event) is Data:
