@@ -2,8 +2,11 @@
 
     KalshiDataError                 (kalshi_data.errors: the core's root)
     └── GathererError               base of the gatherer's own errors
-        └── SpoolFormatError        (also a ValueError) a spool record's checksum matched but its
-                                    payload is not a ``[table, rows]`` batch: skipped on replay
+        ├── SpoolFormatError        (also a ValueError) a spool record's checksum matched but its
+        │                           payload is not a ``[table, rows]`` batch: skipped on replay
+        └── SessionEnded            a WebSocket session ended without a fault (a clean server
+                                    close, a pause): the reconnect supervisor backs off and
+                                    connects again, without a warning
 
 Faults of the exchange, the network or PostgreSQL reach the gatherer as the core's
 ``TransientError``/``PermanentError`` or as driver exceptions, and are classified by
@@ -22,3 +25,7 @@ class GathererError(KalshiDataError):
 
 class SpoolFormatError(GathererError, ValueError):
     """A record's checksum matched but its payload is not a ``[table, rows]`` batch."""
+
+
+class SessionEnded(GathererError):
+    """A WebSocket session ended without a fault; it is reconnected like a failed one."""

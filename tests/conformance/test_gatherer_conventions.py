@@ -166,7 +166,7 @@ def _firehose_up(svc: Any, channels: int) -> bool:
     manager = svc.manager
     if manager is None or not subscribed_or_none(svc):
         return False
-    return len(manager.connections[0]._firehose_sids) == channels
+    return len(manager.connections[0].session.firehose_sids) == channels
 
 
 def subscribed_or_none(svc: Any) -> bool:

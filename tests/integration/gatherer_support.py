@@ -152,7 +152,7 @@ def subscribed(service: GathererService) -> bool:
             return False
         if any(s.busy or s.sid is None for s in conn.layout.slots):
             return False
-    return len(manager.connections[0]._firehose_sids) == 3
+    return len(manager.connections[0].session.firehose_sids) == 3
 
 
 async def quiesce(sim: Simulator, service: GathererService, timeout_s: float = 30.0) -> None:

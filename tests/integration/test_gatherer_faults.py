@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import aiohttp
+import pytest
 
 from kalshi_data.truth import compare
 from simulator.server import Simulator
@@ -180,6 +183,43 @@ async def test_terminal_errors_and_drops_recover(fresh_db, tmp_path):
     for table in ("trades", "orderbook_deltas"):
         assert after[table].exact, (table, after[table].missing)
         assert after[table].expected > 0
+
+
+async def test_clean_close_and_abort_both_reconnect_only_the_abort_warns(
+    fresh_db, tmp_path, caplog: pytest.LogCaptureFixture
+):
+    """The reconnect supervisor: a clean server close (1001) and an abort both reconnect and
+    resubscribe (reconnect gaps recovered); only the abort is a 'connection failed' warning."""
+    dsn = gatherer_db(fresh_db)
+    caplog.set_level(logging.INFO, logger="gatherer.connections")
+    async with (
+        simulator(tmp_path, markets=10) as sim,
+        gatherer(config_data(sim, dsn, tmp_path, connections=1)) as run,
+    ):
+        svc = run.service
+        await wait_for(lambda: subscribed(svc), 30, "all subscriptions")
+        conn = svc.manager.connections[0]  # type: ignore[union-attr]
+        failed = "connection failed or lost"
+        clean = "ws0: the server closed the connection (code 1001)"
+        for mode, warned in (("close", False), ("abort", True)):
+            caplog.clear()
+            connects = conn.connects
+            await admin(sim, "POST", "drop", {"mode": mode})
+            reconnected = functools.partial(lambda n: conn.connects > n, connects)
+            await wait_for(reconnected, 20, f"a reconnect after {mode}")
+            await wait_for(lambda: subscribed(svc), 30, f"resubscribed after {mode}")
+            messages = [r.getMessage() for r in caplog.records]
+            assert any(failed in m for m in messages) is warned, (mode, messages)
+            assert (clean in messages) is not warned, (mode, messages)
+            assert any("reconnected, resubscribing" in m for m in messages), messages
+        await wait_for(
+            lambda: query(dsn, "SELECT count(*) FROM gaps WHERE state = 'recovered'")[0][0] >= 2,
+            30,
+            "the reconnect gaps to recover",
+        )
+        assert await run.finish() == 0
+    rows = query(dsn, "SELECT state, how FROM gaps")
+    assert rows.count(("recovered", "reconnect")) >= 2
 
 
 async def test_rest_429_burst_and_quiet_markets(fresh_db, tmp_path):

@@ -21,7 +21,7 @@ import gatherer
 import kalshi_data
 import simulator
 from deduplicator.errors import DedupError
-from gatherer import connections
+from gatherer import subscription
 from gatherer.errors import GathererError
 from kalshi_data.errors import KalshiDataError
 from kalshi_data.kalshi import codes, wsproto
@@ -138,8 +138,8 @@ def test_client_and_simulator_use_the_same_table():
     for code, text in frames.ERRORS.items():
         assert codes.MESSAGES[WsErrorCode(code)] == text
     assert wsproto.TERMINAL_ERROR_CODES is codes.TERMINAL
-    assert connections.RETRY_CODES is codes.RETRYABLE
-    assert connections.MARKET_LIMIT == WsErrorCode.SUBSCRIPTION_MARKET_LIMIT_EXCEEDED
+    assert subscription.RETRY_CODES is codes.RETRYABLE
+    assert subscription.MARKET_LIMIT == WsErrorCode.SUBSCRIPTION_MARKET_LIMIT_EXCEEDED
 
 
 def _pair(max_markets: int = 2) -> tuple[wsproto.WsProtocol, Session, list[str]]:
@@ -190,7 +190,7 @@ def test_a_retryable_refusal_from_the_simulator_is_retryable_for_the_client():
         session.refuse.append(code)
         (err,) = _exchange(client, session, client.delete_markets(sub.sid, tickers[:1]))
         assert isinstance(err, wsproto.CommandError)
-        assert err.code in connections.RETRY_CODES
+        assert err.code in subscription.RETRY_CODES
         assert err.msg == codes.message(code)
 
 
