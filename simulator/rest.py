@@ -180,51 +180,69 @@ class RestApi:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Faults, then the token bucket, then the handler; 400 for bad parameters."""
+        """Auth, then faults, then the token bucket, then the handler; 400 for bad parameters."""
         if not request.path.startswith(PREFIX + "/"):
             return await handler(request)
-        ctx = self.ctx
-        ctx.requests += 1
-        if ctx.config.orderbook_auth and (
-            request.path in AUTH_PATHS
-            or (
-                request.path.startswith(f"{PREFIX}/markets/") and request.path.endswith(AUTH_SUFFIX)
-            )
-        ):
-            try:
-                verify(
-                    request.headers,
-                    request.method,
-                    request.path,
-                    ctx.keys,
-                    time.time_ns() // 1_000_000,
-                    int(ctx.config.auth_skew_s * 1000),
-                )
-            except AuthRefused as exc:
-                ctx.unauthorized += 1
-                return _json(
-                    {"error": {"code": "unauthorized", "message": exc.reason, "service": "auth"}},
-                    401,
-                )
-        forced = ctx.faults.next_status()
-        if forced == 429:
-            return _json({"error": "too many requests"}, 429)
-        if forced is not None:
-            return _error(forced, "internal_server_error", "injected fault")
-        if ctx.config.rest_tokens_per_s > 0:
-            client = request.headers.get("KALSHI-ACCESS-KEY") or (request.remote or "")
-            bucket = ctx.buckets.get(client)
-            if bucket is None:
-                bucket = ctx.buckets[client] = TokenBucket(
-                    ctx.config.rest_tokens_per_s, ctx.config.rest_bucket_tokens
-                )
-            if not bucket.try_acquire(ctx.config.rest_cost):
-                ctx.limited += 1
-                return _json({"error": "too many requests"}, 429)
+        self.ctx.requests += 1
+        for gate in (self._unauthorized, self._forced_fault, self._rate_limited):
+            refused = gate(request)
+            if refused is not None:
+                return refused
         try:
             return await handler(request)
         except BadRequest as exc:
             return _error(400, "bad_request", str(exc))
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        """401 for an unsigned request to an order-book path (OpenAPI marks them authenticated)."""
+        ctx = self.ctx
+        path = request.path
+        guarded = path in AUTH_PATHS or (
+            path.startswith(f"{PREFIX}/markets/") and path.endswith(AUTH_SUFFIX)
+        )
+        if not (ctx.config.orderbook_auth and guarded):
+            return None
+        try:
+            verify(
+                request.headers,
+                request.method,
+                path,
+                ctx.keys,
+                time.time_ns() // 1_000_000,
+                int(ctx.config.auth_skew_s * 1000),
+            )
+        except AuthRefused as exc:
+            ctx.unauthorized += 1
+            return _json(
+                {"error": {"code": "unauthorized", "message": exc.reason, "service": "auth"}},
+                401,
+            )
+        return None
+
+    def _forced_fault(self, _request: web.Request) -> web.Response | None:
+        """The next injected status (``/admin/rest_faults``), if one is queued."""
+        forced = self.ctx.faults.next_status()
+        if forced == 429:
+            return _json({"error": "too many requests"}, 429)
+        if forced is not None:
+            return _error(forced, "internal_server_error", "injected fault")
+        return None
+
+    def _rate_limited(self, request: web.Request) -> web.Response | None:
+        """429 when the caller's token bucket (per key, else per address) is empty."""
+        ctx = self.ctx
+        if ctx.config.rest_tokens_per_s <= 0:
+            return None
+        client = request.headers.get("KALSHI-ACCESS-KEY") or (request.remote or "")
+        bucket = ctx.buckets.get(client)
+        if bucket is None:
+            bucket = ctx.buckets[client] = TokenBucket(
+                ctx.config.rest_tokens_per_s, ctx.config.rest_bucket_tokens
+            )
+        if bucket.try_acquire(ctx.config.rest_cost):
+            return None
+        ctx.limited += 1
+        return _json({"error": "too many requests"}, 429)
 
     async def exchange_status(self, _request: web.Request) -> web.Response:
         """``GET /exchange/status``."""
