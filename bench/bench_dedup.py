@@ -32,9 +32,9 @@ import yaml
 
 from kalshi_data.copypipe import CopyPipe
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster, free_port, timescaledb_missing
 from kalshi_data.tables import TRADES
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster, free_port, timescaledb_missing
+from kalshi_data.tools.users import create_user
 
 N = int(os.environ.get("KD_BENCH_ROWS", "1000000"))
 SAMPLE = int(os.environ.get("KD_BENCH_SAMPLE", min(N, 100_000)))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from kalshi_data import demo as d
+from kalshi_data.tools import demo as d
 
 RATE = float(os.environ.get("KD_BENCH_RATE", "2000"))
 SECONDS = float(os.environ.get("KD_BENCH_SECONDS", "40"))

@@ -31,10 +31,10 @@ from typing import Any
 import asyncpg
 import yaml
 
-from kalshi_data import pgcluster
 from kalshi_data.migrate import migrate
 from kalshi_data.tables import BY_NAME
-from kalshi_data.truth import compare
+from kalshi_data.testing import pgcluster
+from kalshi_data.testing.truth import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (10_000, 30_000, 50_000, 60_000)

@@ -22,8 +22,8 @@ from gatherer.pgcodec import register_codecs
 from gatherer.spool import Spool
 from gatherer.writer import Writer
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import temporary_cluster
 from kalshi_data.tables import TRADES
+from kalshi_data.testing.pgcluster import temporary_cluster
 
 ROWS = 300_000
 BATCH = 5000

@@ -32,11 +32,11 @@ import yaml
 
 from deduplicator.upkeep import run_upkeep
 from kalshi_data.config import load_config
-from kalshi_data.export import ExportConfig, run_export
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster, free_port
 from kalshi_data.tables import TRADES
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster, free_port
+from kalshi_data.tools.export import ExportConfig, run_export
+from kalshi_data.tools.users import create_user
 
 DAY_ROWS = int(os.environ.get("KD_BENCH_DAY_ROWS", "50000"))
 CATCHUP_ROWS = int(os.environ.get("KD_BENCH_CATCHUP_ROWS", "200000"))

@@ -674,7 +674,7 @@ def run_config(n: int, seed: int) -> Stats:
     from gatherer.config import load as load_gatherer  # noqa: PLC0415
     from kalshi_data.config import load_config  # noqa: PLC0415
     from kalshi_data.errors import ConfigError  # noqa: PLC0415
-    from kalshi_data.export import ExportConfig  # noqa: PLC0415
+    from kalshi_data.tools.export import ExportConfig  # noqa: PLC0415
 
     loaders: dict[str, Callable[[Path], Any]] = {
         "gatherer": lambda p: load_gatherer(p, env={}),

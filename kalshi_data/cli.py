@@ -19,15 +19,27 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "sim": ("simulator.__main__", "run the local Kalshi exchange simulator"),
     "gatherer": ("gatherer.__main__", "run a gatherer (Kalshi -> local database)"),
     "dedup": ("deduplicator.__main__", "run the deduplicator (gatherers -> production)"),
-    "demo": ("kalshi_data.demo", "start a whole local cluster and show it working"),
-    "export": ("kalshi_data.export", "export production partitions to S3 as Parquet"),
-    "restore-gatherer": ("kalshi_data.restore", "rebuild a gatherer DB's recent window"),
-    "retention": ("kalshi_data.retention", "drop old gatherer partitions the deduplicator synced"),
-    "audit": ("kalshi_data.audit", "check production's trades against the exchange; backfill"),
-    "coverage": ("kalshi_data.coverage", "print the audit's coverage of one UTC day"),
-    "status": ("kalshi_data.status", "is the capture complete and current? (exit 0 = healthy)"),
-    "chaos": ("kalshi_data.chaos", "the local cluster under a seeded fault schedule, vs the truth"),
-    "import": ("kalshi_data.importer", "restore a table's days from the S3 archive"),
+    "demo": ("kalshi_data.tools.demo", "start a whole local cluster and show it working"),
+    "export": ("kalshi_data.tools.export", "export production partitions to S3 as Parquet"),
+    "restore-gatherer": ("kalshi_data.tools.restore", "rebuild a gatherer DB's recent window"),
+    "retention": (
+        "kalshi_data.tools.retention",
+        "drop old gatherer partitions the deduplicator synced",
+    ),
+    "audit": (
+        "kalshi_data.tools.audit",
+        "check production's trades against the exchange; backfill",
+    ),
+    "coverage": ("kalshi_data.tools.coverage", "print the audit's coverage of one UTC day"),
+    "status": (
+        "kalshi_data.tools.status",
+        "is the capture complete and current? (exit 0 = healthy)",
+    ),
+    "chaos": (
+        "kalshi_data.tools.chaos",
+        "the local cluster under a seeded fault schedule, vs the truth",
+    ),
+    "import": ("kalshi_data.tools.importer", "restore a table's days from the S3 archive"),
 }
 
 
@@ -48,7 +60,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _create_user(args: argparse.Namespace) -> int:
-    from kalshi_data.users import UserError, create_user, read_password_file  # noqa: PLC0415
+    from kalshi_data.tools.users import UserError, create_user, read_password_file  # noqa: PLC0415
 
     try:
         create_user(args.dsn, args.role, args.user, read_password_file(Path(args.password_file)))

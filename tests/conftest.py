@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from kalshi_data import pgcluster
-from kalshi_data.pgcluster import PgCluster
+from kalshi_data.testing import pgcluster
+from kalshi_data.testing.pgcluster import PgCluster
 
 _ROOT = Path(os.environ.get("KALSHI_DATA_TEST_TMP", tempfile.gettempdir()))
 BACKENDS = ("postgres", "timescaledb")

@@ -3,7 +3,7 @@
 # place, Hive-partitioned by day (s3://<archive>/kalshi-data/<table>/date=YYYY-MM-DD/). Athena finds
 # the partitions by projection (no crawler, no MSCK REPAIR); Trino and Spark register them with
 # `MSCK REPAIR TABLE` or `CALL system.sync_partition_metadata` (docs/archive.md).
-# Column names, order and types are those the exporter writes (kalshi_data/export.py arrow_schema,
+# Column names, order and types are those the exporter writes (kalshi_data/tools/export.py arrow_schema,
 # from kalshi_data/tables.py); tests/unit/test_glue_schema.py keeps the three in step.
 
 locals {

@@ -119,7 +119,7 @@ async def test_issue11_errors_18_and_27_are_retried_without_loss(
 ) -> None:
     """get_snapshot refused with 27 (rate) then 18 (timeout), each carrying sid and seq: sent
     again, the gap recovers by snapshot (no resubscribe), only the skipped frames are missing."""
-    from kalshi_data.truth import compare
+    from kalshi_data.testing.truth import compare
     from tests.integration.test_gatherer_faults import admin, markets_of_sid, orderbook_sid
 
     dsn = gatherer_db(fresh_db)
@@ -187,7 +187,7 @@ async def test_issue11_mve_policy(fresh_db: str, tmp_path: Path, policy: str) ->
     """Combo markets, 10 per ordinary one: ``exclude`` asks mve_filter=exclude and carries
     none; ``include`` carries them all and opens new ones from their own lifecycle channel at
     once. Startup costs no request per combo event; the capture equals the truth."""
-    from kalshi_data.truth import compare
+    from kalshi_data.testing.truth import compare
 
     dsn = gatherer_db(fresh_db)
     async with (

@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 import pytest
 
-from kalshi_data.audit import parse_cutoff
 from kalshi_data.kalshi.parse import (
     DeadLetter,
     market_from_rest,
@@ -33,6 +32,7 @@ from kalshi_data.records import (
     TickerRec,
     TradeRec,
 )
+from kalshi_data.tools.audit import parse_cutoff
 
 MID = "9b0f6b43-5b68-4f9f-9f02-4a2d1d6f0c11"
 TID = "d91bc706-ee49-470d-82d8-11418bda6fed"

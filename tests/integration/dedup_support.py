@@ -25,8 +25,8 @@ import psycopg
 import yaml
 
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.users import create_user
 
 READER_PW = "reader-test-pw"  # generated per run would be nicer; these clusters live minutes
 WRITER_PW = "writer-test-pw"

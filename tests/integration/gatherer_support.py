@@ -21,7 +21,7 @@ from gatherer.config import GathererConfig
 from gatherer.service import GathererService
 from kalshi_data.config import load_config
 from kalshi_data.migrate import migrate
-from kalshi_data.truth import compare
+from kalshi_data.testing.truth import compare
 from simulator.config import SimConfig
 from simulator.server import Simulator
 

@@ -18,11 +18,11 @@ import pytest
 from deduplicator.upkeep import run_upkeep
 from kalshi_data.config import load_config
 from kalshi_data.errors import ConfigError
-from kalshi_data.export import ROW_GROUP_ROWS, ExportConfig, object_key, run_export
-from kalshi_data.importer import RestoreError, run_import
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster
 from kalshi_data.tables import TRADES
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.export import ROW_GROUP_ROWS, ExportConfig, object_key, run_export
+from kalshi_data.tools.importer import RestoreError, run_import
 from tests.integration.test_export import s3_endpoint  # noqa: F401 (fixture)
 
 PER_DAY = 2000

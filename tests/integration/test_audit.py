@@ -26,9 +26,9 @@ import psycopg
 import pytest
 import yaml
 
-from kalshi_data import demo as d
-from kalshi_data.truth import database_identities, diff, load_truth
-from kalshi_data.users import create_user
+from kalshi_data.testing.truth import database_identities, diff, load_truth
+from kalshi_data.tools import demo as d
+from kalshi_data.tools.users import create_user
 
 WINDOW_S = 60
 

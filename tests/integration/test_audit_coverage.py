@@ -15,11 +15,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from kalshi_data import audit as a
 from kalshi_data.config import load_config
 from kalshi_data.kalshi.rest import KalshiRest
 from kalshi_data.migrate import migrate
 from kalshi_data.resilience import RetryPolicy
+from kalshi_data.tools import audit as a
 from simulator import SimConfig, Simulator
 
 WINDOW_S = 60

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from kalshi_data import audit as a
 from kalshi_data.config import load_config
 from kalshi_data.kalshi.rest import KalshiRest
 from kalshi_data.migrate import migrate
 from kalshi_data.resilience import RetryPolicy
+from kalshi_data.tools import audit as a
 from simulator import SimConfig, Simulator
 from simulator.rest import trade_obj
 

@@ -11,8 +11,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from kalshi_data.pgcluster import PgCluster
 from kalshi_data.resilience import ErrorClass, classify
+from kalshi_data.testing.pgcluster import PgCluster
 
 R, P = ErrorClass.RETRYABLE, ErrorClass.PERMANENT
 

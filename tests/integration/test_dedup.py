@@ -20,8 +20,8 @@ import pytest
 from deduplicator.config import DedupConfig
 from deduplicator.service import Deduplicator
 from kalshi_data.config import load_config
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.restore import restore
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.restore import restore
 from tests.integration.dedup_support import (
     BASE_TS,
     TRADE_SQL,
@@ -296,7 +296,7 @@ def _holder(topo: Topology) -> str | None:
 
 
 def _free() -> int:
-    from kalshi_data.pgcluster import free_port
+    from kalshi_data.testing.pgcluster import free_port
 
     return free_port()
 
@@ -334,7 +334,7 @@ async def test_rebuilt_gatherer_is_rescanned_not_skipped(topo: Topology, tmp_pat
     """A gatherer DB rebuilt (new system identifier, xids from scratch) and refilled with
     restore-gatherer is rescanned: nothing skipped, nothing doubled."""
     from kalshi_data.migrate import migrate
-    from kalshi_data.users import create_user
+    from kalshi_data.tools.users import create_user
 
     cfg = topo.config(gatherers=[{"id": "g1", "dsn": topo.gatherer_dsn(0)}])
     load_rows(topo, 0, 0, 2999)
@@ -374,7 +374,7 @@ async def test_rebuilt_gatherer_is_rescanned_not_skipped(topo: Topology, tmp_pat
 
 async def test_health_endpoint_over_http(topo: Topology) -> None:
     """/health, /ready and /metrics answer over real HTTP."""
-    from kalshi_data.pgcluster import free_port
+    from kalshi_data.testing.pgcluster import free_port
 
     port = free_port()
     load_rows(topo, 0, 0, 99)

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kalshi_data.pgcluster import PgCluster, free_port
+from kalshi_data.testing.pgcluster import PgCluster, free_port
 from tests.integration.dedup_support import (
     DedupProcess,
     Topology,

@@ -15,9 +15,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from kalshi_data.config import load_config
-from kalshi_data.export import ExportConfig, manifest_key, object_key, run_export
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import free_port
+from kalshi_data.testing.pgcluster import free_port
+from kalshi_data.tools.export import ExportConfig, manifest_key, object_key, run_export
 
 ROWS_PER_DAY = 1500
 # The three exported days end two weeks before the run (any day the suite runs on); every

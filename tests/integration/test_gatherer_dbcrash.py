@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.truth import compare
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.testing.truth import compare
 from tests.integration.gatherer_support import (
     assert_truth,
     config_data,

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kalshi_data.truth import compare
+from kalshi_data.testing.truth import compare
 from simulator.server import Simulator
 from tests.integration.gatherer_support import (
     config_data,

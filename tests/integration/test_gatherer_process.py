@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from kalshi_data.pgcluster import free_port
-from kalshi_data.truth import compare
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import free_port
+from kalshi_data.testing.truth import compare
+from kalshi_data.tools.users import create_user
 from tests.integration.gatherer_support import (
     config_data,
     gatherer_db,

@@ -25,9 +25,9 @@ from gatherer.pgcodec import register_codecs
 from gatherer.spool import Frame, Spool, decode_payload, encode_frame, encode_payload, iter_frames
 from gatherer.writer import Writer
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster
 from kalshi_data.tables import BY_NAME
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.users import create_user
 
 T0 = 1_700_000_000_000_000  # 2023-11-14, µs since the Unix epoch
 

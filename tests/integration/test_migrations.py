@@ -13,8 +13,8 @@ import pytest
 
 from kalshi_data import tables
 from kalshi_data.migrate import ACCEPTED_CHECKSUMS, MigrationError, load, migrate, migrations_dir
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.users import create_user
 
 
 def _columns(dsn: str, table: str) -> list[tuple[str, str, bool]]:

@@ -21,9 +21,9 @@ import pytest
 from deduplicator.metrics import DedupMetrics
 from deduplicator.upkeep import run_periodic, run_upkeep
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster
 from kalshi_data.tables import TIMESERIES_TABLES, TRADES
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.users import create_user
 
 PER_DAY = 6000
 WRITER_PW = "upkeep-writer-pw"

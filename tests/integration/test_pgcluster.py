@@ -9,7 +9,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from kalshi_data.pgcluster import PgCluster
+from kalshi_data.testing.pgcluster import PgCluster
 
 
 def test_start_stop_restart(pg_cluster: PgCluster) -> None:

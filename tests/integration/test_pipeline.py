@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from kalshi_data import demo as d
-from kalshi_data.truth import database_identities, diff, load_truth
+from kalshi_data.testing.truth import database_identities, diff, load_truth
+from kalshi_data.tools import demo as d
 
 
 def _admin(info: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> Any:

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.restore import parse_duration, restore
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.restore import parse_duration, restore
 
 
 def test_parse_duration() -> None:

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.retention import run_retention
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.retention import run_retention
 
 INSERT = (
     "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "

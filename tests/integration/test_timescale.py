@@ -22,10 +22,10 @@ from deduplicator import sql as dsql
 from gatherer.spool import Spool
 from kalshi_data.errors import PermanentError
 from kalshi_data.migrate import MigrationError, migrate
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.restore import restore
-from kalshi_data.retention import run_retention
 from kalshi_data.tables import TRADES
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.restore import restore
+from kalshi_data.tools.retention import run_retention
 from tests.conftest import TIMESCALE_SKIP
 from tests.integration import test_gatherer_writer as tw
 from tests.integration.gatherer_support import (

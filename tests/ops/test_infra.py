@@ -129,7 +129,7 @@ def check_keys(data: dict[str, Any], cls: type, where: str) -> None:
 def test_rendered_configs_match_the_application(tmp_path: Path) -> None:
     """The config templates render to YAML whose keys the application's config classes accept."""
     from deduplicator.config import DedupConfig
-    from kalshi_data.export import ExportConfig
+    from kalshi_data.tools.export import ExportConfig
 
     tpl = TF / "templates"
     dedup = yaml.safe_load(
@@ -557,7 +557,7 @@ def _load_audit_yaml(tmp_path: Path, text: str, name: str) -> tuple[dict[str, An
     """(raw YAML, AuditConfig, StatusConfig) through the application's own loaders. The DSN is
     overridden the way an operator runs `status` by hand: the credential file exists only inside
     the unit."""
-    from kalshi_data import audit, status
+    from kalshi_data.tools import audit, status
 
     raw = yaml.safe_load(text)
     path = tmp_path / f"{name}.yaml"
@@ -658,8 +658,8 @@ def test_audit_is_deployed_on_the_jobs_host(tmp_path: Path) -> None:
     writes that credential, enables kalshi-audit.timer and starts one run on the jobs host only."""
     import re
 
-    from kalshi_data.audit import AuditConfig
-    from kalshi_data.status import StatusConfig
+    from kalshi_data.tools.audit import AuditConfig
+    from kalshi_data.tools.status import StatusConfig
 
     unit_creds = _unit_value("kalshi-audit.service", "LoadCredential")
     assert unit_creds == "production-dsn:/etc/credstore/kalshi-audit/production-dsn"
@@ -744,7 +744,7 @@ def test_audit_is_deployed_on_the_jobs_host(tmp_path: Path) -> None:
 def test_audit_role_and_user_match_the_migration() -> None:
     """The bootstrap's kalshi_audit user is created in a role that production migration 0009
     defines, under the CLI's name for it (`create-user --role auditor`, docs/operations.md)."""
-    from kalshi_data.users import ROLES
+    from kalshi_data.tools.users import ROLES
 
     migration = (REPO / "kalshi_data" / "migrations" / "production" / "0009_audit.sql").read_text()
     assert ROLES["auditor"] == "kd_auditor"

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deduplicator.metrics import DedupMetrics
 from gatherer.metrics import GathererMetrics
-from kalshi_data.export import ExportResult, _write_textfile
+from kalshi_data.tools.export import ExportResult, _write_textfile
 
 LISTED = Path(__file__).resolve().parents[2] / "monitoring" / "metrics.txt"
 
@@ -65,7 +65,7 @@ def test_gatherer_and_dedup_export_everything_listed(tmp_path: Path) -> None:
     for fam in text_string_to_metric_families(textfile.read_text()):
         labels = set().union(*(set(s.labels) for s in fam.samples))
         exported[fam.name if fam.type != "counter" else f"{fam.name}_total"] = (fam.type, labels)
-    from kalshi_data.audit import render_metrics
+    from kalshi_data.tools.audit import render_metrics
 
     audit_text = render_metrics(
         missing_live=0, backfilled=0, missing_after=0, pending=0, lag_s=0.0, run_ts=0.0

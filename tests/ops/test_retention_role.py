@@ -20,9 +20,9 @@ import psycopg
 import pytest
 
 from kalshi_data.migrate import MigrationError, migrate
-from kalshi_data.pgcluster import PgCluster
-from kalshi_data.retention import run_retention
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster
+from kalshi_data.tools.retention import run_retention
+from kalshi_data.tools.users import create_user
 
 INSERT = (
     "INSERT INTO trades (trade_id, ticker, exchange_ts, yes_price, no_price, count, "
@@ -34,7 +34,7 @@ TABLES = ("trades", "orderbook_deltas", "orderbook_snapshots", "tickers")
 
 
 def _timescale_available() -> bool:
-    from kalshi_data.pgcluster import find_bindir
+    from kalshi_data.testing.pgcluster import find_bindir
 
     try:
         bindir = find_bindir()

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from kalshi_data.cli import DELEGATED
-from kalshi_data.pgcluster import PgCluster
+from kalshi_data.testing.pgcluster import PgCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 

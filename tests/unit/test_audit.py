@@ -6,7 +6,10 @@ import uuid
 
 import pytest
 
-from kalshi_data.audit import (
+from kalshi_data.config import load_config
+from kalshi_data.errors import ConfigError
+from kalshi_data.records import TradeRec
+from kalshi_data.tools.audit import (
     BACKFILL_ID,
     AuditConfig,
     load,
@@ -17,9 +20,6 @@ from kalshi_data.audit import (
     uncovered_intervals,
     window_floor,
 )
-from kalshi_data.config import load_config
-from kalshi_data.errors import ConfigError
-from kalshi_data.records import TradeRec
 
 NOW = 1_000_000 * 3600 + 1234.5  # an arbitrary instant; only offsets from it matter
 
@@ -126,7 +126,7 @@ def test_example_config_loads_for_audit_and_status() -> None:
     """examples/audit.yaml is valid for both commands (the DSN secret overridden)."""
     from pathlib import Path
 
-    from kalshi_data import status
+    from kalshi_data.tools import status
 
     path = Path(__file__).resolve().parents[2] / "examples" / "audit.yaml"
     env = {"KALSHI_DATA_PRODUCTION__DSN": "postgresql://x"}

@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 
-from kalshi_data.audit import (
+from kalshi_data.kalshi.rest import BadResponse
+from kalshi_data.tools.audit import (
     COMPLETE,
     HISTORICAL,
     HISTORICAL_TRADES_PATH,
@@ -19,7 +20,6 @@ from kalshi_data.audit import (
     rfc3339_us,
     split_window,
 )
-from kalshi_data.kalshi.rest import BadResponse
 
 S = 1_000_000
 START, END = 7200, 10800

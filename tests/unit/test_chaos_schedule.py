@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from kalshi_data.chaos import (
+from kalshi_data.tools.chaos import (
     DEFAULT_MARGIN_S,
     FAILOVER_SPACING_S,
     KINDS,

@@ -183,7 +183,7 @@ def moto_endpoint() -> Iterator[str]:
     """moto's Secrets Manager on 127.0.0.1, stopped afterwards."""
     from moto.server import ThreadedMotoServer
 
-    from kalshi_data.pgcluster import free_port
+    from kalshi_data.testing.pgcluster import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

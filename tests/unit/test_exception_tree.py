@@ -79,7 +79,7 @@ def test_the_walk_finds_the_known_exceptions():
         "gatherer.errors.SpoolFormatError",
         "deduplicator.errors.NotLeader",
         "simulator.session.CommandRefused",
-        "kalshi_data.audit.WindowPending",
+        "kalshi_data.tools.audit.WindowPending",
         "simulator.rest.BadRequest",
         "simulator.admin.AdminError",
     ):
@@ -103,8 +103,8 @@ def test_builtin_bases_kept_for_callers_that_catch_them():
     from gatherer.errors import SpoolFormatError
     from kalshi_data.kalshi.fixedpoint import SubunitPrice
     from kalshi_data.migrate import MigrationError
-    from kalshi_data.pgcluster import PgClusterError
-    from kalshi_data.retention import RetentionError
+    from kalshi_data.testing.pgcluster import PgClusterError
+    from kalshi_data.tools.retention import RetentionError
 
     assert issubclass(SpoolFormatError, ValueError)
     assert issubclass(SubunitPrice, ValueError)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from kalshi_data.export import DEFAULT_TABLES, arrow_schema
 from kalshi_data.tables import BY_NAME
+from kalshi_data.tools.export import DEFAULT_TABLES, arrow_schema
 
 REPO = Path(__file__).resolve().parents[2]
 GLUE_TF = REPO / "infra" / "terraform" / "glue.tf"

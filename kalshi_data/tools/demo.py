@@ -33,9 +33,9 @@ from rich.table import Table
 
 from kalshi_data.errors import KalshiDataError
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster, free_port
-from kalshi_data.truth import compare
-from kalshi_data.users import create_user
+from kalshi_data.testing.pgcluster import PgCluster, free_port
+from kalshi_data.testing.truth import compare
+from kalshi_data.tools.users import create_user
 
 console = Console(stderr=True)
 

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from kalshi_data.config import load_config
 from kalshi_data.errors import ConfigError, KalshiDataError, describe_error
-from kalshi_data.export import ExportConfig, manifest_key, object_key, verify_object
 from kalshi_data.tables import BY_NAME, TableSpec
+from kalshi_data.tools.export import ExportConfig, manifest_key, object_key, verify_object
 
 
 class RestoreError(KalshiDataError, RuntimeError):

@@ -14,8 +14,8 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from kalshi_data.audit import AuditConfig, connect, load
 from kalshi_data.errors import ConfigError, describe_error
+from kalshi_data.tools.audit import AuditConfig, connect, load
 
 QUERY = """
 SELECT c.window_start, c.ticker, c.exchange_trades, c.live_trades, c.backfilled, c.missing_after,

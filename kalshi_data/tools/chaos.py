@@ -1,9 +1,9 @@
 """``kalshi-data chaos``: the whole local cluster under a seeded schedule of mixed faults.
 
-The cluster is the demo's (kalshi_data/demo.py) with what failures need: production has a
+The cluster is the demo's (kalshi_data/tools/demo.py) with what failures need: production has a
 synchronous streaming standby, two deduplicator instances (leader and standby) reach every
-gatherer database and production through TCP fault proxies (kalshi_data/faultproxy.py), and the
-gatherer databases may be TimescaleDB (``--timescaledb``).
+gatherer database and production through TCP fault proxies (kalshi_data/testing/faultproxy.py),
+and the gatherer databases may be TimescaleDB (``--timescaledb``).
 
 The schedule is drawn from ``--seed`` before anything starts (same seed, duration, rate and
 faults per minute: the same schedule; its digest is printed). Faults overlap. One constraint
@@ -14,7 +14,7 @@ network, deduplicator and production faults do not impair hearing: the gatherer 
 deduplicator catches up, and the verdict proves it.
 
 At the end every fault is healed, the cluster settles, the simulator stops, the deduplicator
-drains, and production is compared with the simulator's truth file (kalshi_data/truth.py):
+drains, and production is compared with the simulator's truth file (kalshi_data/testing/truth.py):
 trades by id (missing, invented, doubled), deltas as a multiset, states by content, lifecycle
 events by content; gap rows are reported covered (production holds their markets' rows for the
 window) or uncovered. It prints fault counts per kind, recovery times (p50/max) and peak RSS per
@@ -48,13 +48,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from kalshi_data.demo import Demo, Service, _get, _metrics, _python, _start_simulator
-from kalshi_data.faultproxy import ProxyThread
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster, free_port
 from kalshi_data.tables import BY_NAME
-from kalshi_data.truth import TableDiff, Truth, database_identities, diff, load_truth
-from kalshi_data.users import create_user
+from kalshi_data.testing.faultproxy import ProxyThread
+from kalshi_data.testing.pgcluster import PgCluster, free_port
+from kalshi_data.testing.truth import TableDiff, Truth, database_identities, diff, load_truth
+from kalshi_data.tools.demo import Demo, Service, _get, _metrics, _python, _start_simulator
+from kalshi_data.tools.users import create_user
 
 console = Console(stderr=True)
 
@@ -176,7 +176,7 @@ def _pids_of_cluster(cluster: PgCluster) -> list[int]:
     pid = cluster.pid
     if pid is None:
         return []
-    from kalshi_data.pgcluster import _children  # noqa: PLC0415
+    from kalshi_data.testing.pgcluster import _children  # noqa: PLC0415
 
     return [pid, *_children(pid)]
 

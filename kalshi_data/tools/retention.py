@@ -26,8 +26,8 @@ import asyncpg
 from kalshi_data.config import resolve_secret
 from kalshi_data.dbcheck import check_timescale_preload
 from kalshi_data.errors import ConfigError, KalshiDataError, PermanentError, describe_error
-from kalshi_data.restore import parse_duration
 from kalshi_data.tables import TIMESERIES_TABLES
+from kalshi_data.tools.restore import parse_duration
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Operator tools: the commands an operator runs beside the services (demo, export, audit...)."""
