@@ -63,6 +63,7 @@ from gatherer.pgcodec import (
 )
 from gatherer.spool import DEFAULT_SEGMENT_BYTES, Damage, Spool, SpoolBatch
 from kalshi_data.errors import TransientError, describe_error
+from kalshi_data.pgcopy import copy_records
 from kalshi_data.resilience import Backoff, ErrorClass, classify
 from kalshi_data.tables import BY_NAME, DEAD_LETTERS
 
@@ -543,15 +544,11 @@ class Writer:
                 for table, rows in batches:
                     spec = BY_NAME[table]
                     if staged:
-                        await conn.copy_records_to_table(
-                            stage_name(spec), records=rows, columns=spec.column_names
-                        )
+                        await copy_records(conn, stage_name(spec), rows, spec.column_names)
                         status = await conn.execute(insert_from_stage_sql(spec))
                         counts[table] = inserted_count(status)
                     else:
-                        await conn.copy_records_to_table(
-                            table, records=rows, columns=spec.column_names
-                        )
+                        await copy_records(conn, table, rows, spec.column_names)
                         counts[table] = len(rows)
         except Exception as exc:
             if staged or getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION:
