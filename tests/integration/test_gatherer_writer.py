@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -623,6 +624,48 @@ async def test_spool_disk_refusal_keeps_rows_in_memory_and_recovers(
         assert await w.wait_idle(60)
     assert await _fetch(admin, "trades") == _expected("trades", first + second)
     assert _segments(spool_dir) == []
+
+
+async def test_permanent_refusal_mid_run_keeps_spooling_and_retrying(
+    pg_cluster: PgCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database drops the writer and then refuses its password (a permanent error): the
+    reconnect loop must not give up (rows would be lost), says so once, keeps spooling, and
+    reconnects as soon as the password is accepted again; every row lands exactly once."""
+    admin, dsn = _gatherer_db(pg_cluster)
+    password = urlsplit(dsn).password
+    rows = [_trade(i) for i in range(600)]
+    async with _writer(
+        dsn, tmp_path / "spool", batch_rows=100, backoff_base_s=0.01, backoff_cap_s=0.05
+    ) as w:
+        for row in rows[:200]:
+            w.put("trades", row)
+        assert await w.wait_idle(30)
+        await asyncio.to_thread(pg_cluster.execute, "ALTER ROLE writer PASSWORD 'not-it'")
+        await asyncio.to_thread(
+            pg_cluster.execute,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'kalshi-data-gatherer-writer'",
+        )
+        with caplog.at_level(logging.WARNING, logger="gatherer.writer"):
+            for row in rows[200:400]:
+                w.put("trades", row)
+            await _until(lambda: "refuses connections" in caplog.text, 30, "the refusal")
+            await _until(lambda: w.spool_bytes > 0, 10, "rows spooled")
+            refusals = caplog.text.count("refuses connections")
+            for row in rows[400:]:
+                w.put("trades", row)
+            await asyncio.sleep(0.5)  # many more attempts at a 50 ms cap
+            assert not w.db_up
+            assert caplog.text.count("refuses connections") == refusals == 1
+            assert "InvalidPasswordError" in caplog.text
+            assert password
+            assert password not in caplog.text
+        await asyncio.to_thread(pg_cluster.execute, f"ALTER ROLE writer PASSWORD '{password}'")
+        await _until(lambda: w.db_up, 30, "reconnect")
+        assert await w.wait_idle(60)
+    assert await _fetch(admin, "trades") == _expected("trades", rows)
+    assert _segments(tmp_path / "spool") == []
 
 
 # --------------------------------------------------------------------------- the COPY guard
