@@ -4,7 +4,8 @@
 - :class:`Backoff`: capped exponential backoff with Full Jitter (AWS, Brooker 2015);
 - :class:`CircuitBreaker`: closed → open after N failures → half-open probe → closed;
 - :class:`TokenBucket`: request budgets (Kalshi's read limit, REST snapshot polling);
-- :func:`retry`: the one retry loop, combining the three.
+- :class:`Supervisor`: the one supervised retry/reconnect loop, combining the three with a stop
+  event and hooks for logs and metrics; :func:`retry` is its one-shot form.
 
 Every time decision takes an injectable monotonic clock; :func:`set_testing` zeroes backoff.
 """
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kalshi_data.errors import CircuitOpenError, PermanentError, TransientError
+from kalshi_data.errors import CircuitOpenError, PermanentError, TransientError, describe_error
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -161,7 +162,7 @@ def _websockets_verdict(exc: BaseException) -> ErrorClass | None:
     return None
 
 
-def _classify_one(exc: BaseException) -> ErrorClass | None:
+def _classify_one(exc: BaseException) -> ErrorClass | None:  # noqa: PLR0911  a verdict ladder, one return per rung
     """A verdict for this exception alone, or None when it carries no information."""
     if isinstance(exc, PermanentError):
         return ErrorClass.PERMANENT
@@ -238,6 +239,12 @@ def is_testing() -> bool:
     return _TESTING
 
 
+#: Default first backoff ceiling and largest ceiling, in seconds. Services pass their own
+#: (``backoff_base_s``/``backoff_cap_s`` in their config, or a named constant at the call site).
+DEFAULT_BASE_S = 0.1
+DEFAULT_CAP_S = 30.0
+
+
 class Backoff:
     """Capped exponential backoff with Full Jitter: ``uniform(0, min(cap, base * 2**attempt))``.
 
@@ -248,7 +255,11 @@ class Backoff:
     """
 
     def __init__(
-        self, base_s: float = 0.1, cap_s: float = 30.0, *, rng: random.Random | None = None
+        self,
+        base_s: float = DEFAULT_BASE_S,
+        cap_s: float = DEFAULT_CAP_S,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         if not 0 < base_s <= cap_s:
             raise ValueError("backoff needs 0 < base_s <= cap_s")
@@ -439,23 +450,275 @@ class TokenBucket:
             await sleep(max(self.delay_for(cost), 1e-3))
 
 
-# ------------------------------------------------------------------------------------- retry
+# -------------------------------------------------------------------------- supervise / retry
+OnFailure = Callable[[BaseException, ErrorClass, float], None]
+OnGiveUp = Callable[[BaseException, ErrorClass], None]
+Hook = Callable[[], None]
+Sleep = Callable[[float], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How :func:`retry` retries.
+    """How a :class:`Supervisor` (and :func:`retry`) retries.
 
     Attributes:
         base_s: First backoff ceiling, seconds.
         cap_s: Largest backoff ceiling, seconds.
-        max_attempts: Give up after this many attempts (None = never).
+        max_attempts: Give up after this many consecutive failed attempts (None = never).
         deadline_s: Give up when the next attempt would start later than this many seconds
-            after the first (None = never).
+            after :meth:`Supervisor.run` began (None = never).
+        stable_s: A session that called :meth:`Supervisor.connected` and then stayed up this
+            long before failing starts the backoff afresh; one that failed sooner (a flapping
+            peer) keeps escalating. None: reset as soon as it connects (websockets' model).
     """
 
-    base_s: float = 0.1
-    cap_s: float = 30.0
+    base_s: float = DEFAULT_BASE_S
+    cap_s: float = DEFAULT_CAP_S
     max_attempts: int | None = None
     deadline_s: float | None = None
+    stable_s: float | None = None
+
+
+class _Stopped:
+    """What :meth:`Supervisor._run` returns when the stop event ended it."""
+
+
+_STOPPED = _Stopped()
+
+
+class Supervisor:
+    """The one supervised retry/reconnect loop: classify → backoff → breaker → stop → hooks.
+
+    Models: websockets' reconnecting ``connect()`` (the backoff starts afresh after a
+    connection that stayed up), psycopg_pool's ``AttemptWithBackoff`` (one object owns the
+    attempt count and the next delay) and stamina's hooks (callers log and count through
+    callbacks; the loop itself logs only at debug level, with :func:`describe_error`).
+
+    One :meth:`run` calls ``op`` until it returns, and returns what it returned:
+
+    1. While ``breaker`` refuses calls, sleep until it will allow a probe.
+    2. Call ``op()``. Cancellation (any non-``Exception``) frees the breaker's probe slot and
+       propagates, with no hook called.
+    3. ``classify_fn(exc)`` is PERMANENT: free the probe slot, ``on_giveup(exc, verdict)``,
+       re-raise.
+    4. RETRYABLE: count it (``attempt``; the breaker, unless ``breaker_fault(exc)`` says its
+       dependency is not to blame: then only free its probe slot). If ``max_attempts`` or
+       ``deadline_s`` runs out: ``on_giveup(exc, verdict)`` and re-raise. Else the delay is
+       the Full-Jitter backoff, stretched to the breaker's probe time when it is open;
+       ``on_failure(exc, verdict, delay)``; sleep the delay, interrupted by ``stop``.
+    5. Success: the breaker closes, the backoff resets, ``on_success()``.
+
+    ``run`` returns None, without calling ``op`` again, once ``stop`` is set (check
+    :attr:`stopped` when ``op`` itself may return None). The backoff and the breaker persist
+    across calls, so a loop that calls ``run`` once per round (a lease renewal, a sync round)
+    keeps escalating across rounds until one succeeds. ``op`` may also be a whole session that
+    runs until its connection breaks: it calls :meth:`connected` once it is up (that closes the
+    breaker and calls ``on_connected()``); see :attr:`RetryPolicy.stable_s` for the reset.
+
+    Args:
+        name: Names the operation in the debug log.
+        policy: Backoff bounds, give-up rules and the stable-session threshold.
+        breaker: Optional breaker (may be shared with other callers of the dependency).
+        stop: Optional event: set, it ends :meth:`run` and interrupts its sleeps.
+        classify_fn: Error classifier (defaults to :func:`classify`).
+        breaker_fault: Whether a retryable error counts against ``breaker`` (default: every
+            one does); for a loop with two dependencies and a breaker for one of them.
+        on_failure: ``(exc, verdict, delay_s)`` before each retry's sleep.
+        on_giveup: ``(exc, verdict)`` before a permanent or exhausted error is re-raised.
+        on_success: ``()`` after ``op`` returned.
+        on_connected: ``()`` when ``op`` calls :meth:`connected`.
+        sleep: Awaitable sleep (injected in tests).
+        clock: Monotonic clock for the deadline and the stable threshold (injected in tests).
+        rng: Random source of the jitter (seeded in tests).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        policy: RetryPolicy = RetryPolicy(),  # frozen: one shared default is safe
+        breaker: CircuitBreaker | None = None,
+        stop: asyncio.Event | None = None,
+        classify_fn: Callable[[BaseException], ErrorClass] = classify,
+        breaker_fault: Callable[[BaseException], bool] | None = None,
+        on_failure: OnFailure | None = None,
+        on_giveup: OnGiveUp | None = None,
+        on_success: Hook | None = None,
+        on_connected: Hook | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.breaker = breaker
+        self.stop = stop
+        self.backoff = Backoff(policy.base_s, policy.cap_s, rng=rng)
+        #: Consecutive failed attempts (reset by a success or a stable session).
+        self.attempt = 0
+        #: Retryable failures over the supervisor's life.
+        self.failures_total = 0
+        self._classify = classify_fn
+        self._breaker_fault = breaker_fault
+        self._on_failure = on_failure
+        self._on_giveup = on_giveup
+        self._on_success = on_success
+        self._on_connected = on_connected
+        self._sleep = sleep
+        self._clock = clock
+        self._connected_at: float | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the stop event is set."""
+        return self.stop is not None and self.stop.is_set()
+
+    def connected(self) -> None:
+        """The running ``op`` is up (a session connected): close the breaker, call
+        ``on_connected``; reset the backoff now, or once it has stayed up ``stable_s``."""
+        self._connected_at = self._clock()
+        if self.breaker is not None:
+            self.breaker.record_success()
+        if self.policy.stable_s is None:
+            self._reset()
+        if self._on_connected is not None:
+            self._on_connected()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds``, cut short when ``stop`` is set; True when it ran in full."""
+        stop = self.stop
+        if stop is None:
+            await self._sleep(seconds)
+            return True
+        if stop.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self._sleep(max(0.0, seconds)))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+        if sleeper.done() and not sleeper.cancelled():
+            sleeper.result()  # a failed sleep is a bug: let it surface
+        return not stop.is_set()
+
+    async def run(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """Call ``op`` until it returns (its result), gives up (raises) or stop is set (None).
+
+        Raises:
+            CircuitOpenError: The deadline ran out while the breaker refused every call and
+                no attempt had failed yet.
+        """
+        result = await self._run(op)
+        return None if isinstance(result, _Stopped) else result
+
+    # -- the core: one implementation behind run() and retry() ---------------------------
+    async def _run(self, op: Callable[[], Awaitable[T]]) -> T | _Stopped:
+        started = self._clock()
+        last: Exception | None = None
+        while not self.stopped:
+            if not await self._admitted(started, last):
+                continue
+            self._connected_at = None
+            try:
+                result = await op()
+            except Exception as exc:
+                delay = self._failed(exc, started)
+                if delay is None:
+                    raise
+                last = exc
+                await self.sleep(delay)
+                continue
+            except BaseException:
+                self._release()  # cancelled: says nothing about the dependency
+                raise
+            self._succeeded()
+            return result
+        return _STOPPED
+
+    async def _admitted(self, started: float, last: Exception | None) -> bool:
+        """True when the breaker allows a call now; else sleep until it may (False)."""
+        breaker = self.breaker
+        if breaker is None or breaker.allow():
+            return True
+        wait_s = max(breaker.seconds_until_probe(), 1e-3)
+        if self._out_of_time(started, wait_s):
+            exc = last or CircuitOpenError(
+                f"{self.name}: circuit {breaker.name} open", breaker=breaker.name
+            )
+            self._give_up(exc, ErrorClass.RETRYABLE)
+            raise exc
+        await self.sleep(wait_s)
+        return False
+
+    def _failed(self, exc: Exception, started: float) -> float | None:
+        """Book a failed attempt; the delay before the next one, or None to give up."""
+        verdict = self._classify(exc)
+        if verdict is ErrorClass.PERMANENT:
+            self._release()  # a fault the dependency's health says nothing about
+            self._give_up(exc, verdict)
+            return None
+        self._reset_if_stable()
+        self.attempt += 1
+        self.failures_total += 1
+        self._blame(exc)
+        delay = self.backoff.next_delay()
+        if self.breaker is not None:
+            delay = max(delay, self.breaker.seconds_until_probe())
+        max_attempts = self.policy.max_attempts
+        if (max_attempts is not None and self.attempt >= max_attempts) or self._out_of_time(
+            started, delay
+        ):
+            self._give_up(exc, verdict)
+            return None
+        log.debug(
+            "%s failed (%s), attempt %d; retrying in %.3fs",
+            self.name,
+            describe_error(exc),
+            self.attempt,
+            delay,
+        )
+        if self._on_failure is not None:
+            self._on_failure(exc, verdict, delay)
+        return delay
+
+    def _blame(self, exc: Exception) -> None:
+        breaker = self.breaker
+        if breaker is None:
+            return
+        if self._breaker_fault is None or self._breaker_fault(exc):
+            breaker.record_failure()
+        else:
+            breaker.release()  # another dependency failed: no verdict on this one
+
+    def _out_of_time(self, started: float, wait_s: float) -> bool:
+        deadline = self.policy.deadline_s
+        return deadline is not None and self._clock() - started + wait_s > deadline
+
+    def _reset_if_stable(self) -> None:
+        stable_s, at = self.policy.stable_s, self._connected_at
+        if stable_s is not None and at is not None and self._clock() - at >= stable_s:
+            self._reset()
+
+    def _reset(self) -> None:
+        self.backoff.reset()
+        self.attempt = 0
+
+    def _release(self) -> None:
+        if self.breaker is not None:
+            self.breaker.release()
+
+    def _give_up(self, exc: BaseException, verdict: ErrorClass) -> None:
+        if self._on_giveup is not None:
+            self._on_giveup(exc, verdict)
+
+    def _succeeded(self) -> None:
+        if self.breaker is not None:
+            self.breaker.record_success()
+        self._reset()
+        if self._on_success is not None:
+            self._on_success()
 
 
 async def retry(
@@ -466,15 +729,16 @@ async def retry(
     breaker: CircuitBreaker | None = None,
     classify_fn: Callable[[BaseException], ErrorClass] = classify,
     on_retry: Callable[[int, BaseException, float], None] | None = None,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
 ) -> T:
     """Run ``op`` until it succeeds, a permanent error occurs, or the policy gives up.
 
-    A retryable error counts against ``breaker``, calls ``on_retry(attempt, exc, delay)`` and
-    sleeps ``delay``: the jittered backoff, or longer when the breaker will not allow a call
-    sooner. A permanent error is re-raised at once; so is the last error when ``max_attempts``
-    or ``deadline_s`` runs out. Cancellation always propagates.
+    A one-shot :class:`Supervisor` without a stop event (the same core): a retryable error
+    counts against ``breaker``, calls ``on_retry(attempt, exc, delay)`` and sleeps ``delay``:
+    the jittered backoff, or longer when the breaker will not allow a call sooner. A
+    permanent error is re-raised at once; so is the last error when ``max_attempts`` or
+    ``deadline_s`` runs out. Cancellation always propagates.
 
     Args:
         op: Zero-argument coroutine factory; called once per attempt.
@@ -493,53 +757,20 @@ async def retry(
         CircuitOpenError: The deadline ran out while the breaker refused every call and no
             attempt had failed yet.
     """
-    backoff = Backoff(policy.base_s, policy.cap_s)
-    started = clock()
-    attempt = 0
-    last: Exception | None = None
 
-    def out_of_time(wait_s: float) -> bool:
-        return policy.deadline_s is not None and clock() - started + wait_s > policy.deadline_s
+    def on_failure(exc: BaseException, _verdict: ErrorClass, delay: float) -> None:
+        if on_retry is not None:
+            on_retry(sup.attempt, exc, delay)
 
-    while True:
-        if breaker is not None and not breaker.allow():
-            wait_s = max(breaker.seconds_until_probe(), 1e-3)
-            if out_of_time(wait_s):
-                if last is not None:
-                    raise last
-                raise CircuitOpenError(f"{name}: circuit {breaker.name} open", breaker=breaker.name)
-            await sleep(wait_s)
-            continue
-        attempt += 1
-        try:
-            result = await op()
-        except BaseException as exc:
-            if not isinstance(exc, Exception) or classify_fn(exc) is ErrorClass.PERMANENT:
-                # Cancelled, or a fault the dependency's health says nothing about.
-                if breaker is not None:
-                    breaker.release()
-                raise
-            last = exc
-            if breaker is not None:
-                breaker.record_failure()
-            if policy.max_attempts is not None and attempt >= policy.max_attempts:
-                raise
-            delay = backoff.next_delay()
-            if breaker is not None:
-                delay = max(delay, breaker.seconds_until_probe())
-            if out_of_time(delay):
-                raise
-            log.debug(
-                "%s failed (%s), attempt %d; retrying in %.3fs",
-                name,
-                type(exc).__name__,
-                attempt,
-                delay,
-            )
-            if on_retry is not None:
-                on_retry(attempt, exc, delay)
-            await sleep(delay)
-            continue
-        if breaker is not None:
-            breaker.record_success()
-        return result
+    sup = Supervisor(
+        name,
+        policy=policy,
+        breaker=breaker,
+        classify_fn=classify_fn,
+        on_failure=on_failure,
+        sleep=sleep,
+        clock=clock,
+    )
+    result = await sup._run(op)
+    assert not isinstance(result, _Stopped)  # no stop event: only op's return ends the loop
+    return result
