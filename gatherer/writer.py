@@ -53,7 +53,7 @@ from gatherer.spill import Backpressure, Spill
 from gatherer.spool import DEFAULT_SEGMENT_BYTES, Spool, SpoolBatch
 from gatherer.writequeue import Batch, Put, Row, TableQueues, shape_error
 from kalshi_data.errors import TransientError, describe_error
-from kalshi_data.resilience import Backoff, ErrorClass, classify
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor, classify
 from kalshi_data.tables import BY_NAME, DEAD_LETTERS
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,16 @@ class Writer:
         self._spool_dir = Path(spool_dir)
         self._flush_interval_s = flush_interval_s
         self._connect_timeout_s = connect_timeout_s
-        self._backoff = Backoff(backoff_base_s, backoff_cap_s)
+        # Reconnects retry forever, permanent refusals included: mid-run, a wrong password or a
+        # dropped database must not lose rows, so the writer keeps spooling and trying, and says
+        # so loudly once (gatherer_db_up stays 0 and alerts).
+        self._reconnector = Supervisor(
+            "gatherer-writer-reconnect",
+            policy=RetryPolicy(base_s=backoff_base_s, cap_s=backoff_cap_s),
+            classify_fn=lambda _exc: ErrorClass.RETRYABLE,
+            on_failure=self._reconnect_failed,
+        )
+        self._refusal_logged = False
         #: Rows neither the database nor the disk took by the end of :meth:`stop` (logged).
         self.lost_at_stop = 0
 
@@ -344,7 +353,6 @@ class Writer:
     def _set_up(self, conn: Any) -> None:
         self._conn = conn
         self._m_db_up.set(1)
-        self._backoff.reset()
         if self._down_since is not None:
             log.info(
                 "local database back up after %.1f s; replaying %d bytes of spool",
@@ -370,25 +378,19 @@ class Writer:
             )
 
     async def _reconnect(self) -> None:
-        """Retry the database with the shared backoff until it answers (forever: rows spool)."""
-        logged_permanent = False
-        while True:
-            await asyncio.sleep(self._backoff.next_delay())
-            try:
-                conn = await self._connect()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if classify(exc) is ErrorClass.PERMANENT and not logged_permanent:
-                    # Mid-run, a permanent refusal still must not lose rows: keep spooling,
-                    # keep trying, and say so loudly (gatherer_db_up stays 0 and alerts).
-                    log.error(  # noqa: TRY400 (a refusal, not a bug: no traceback)
-                        "local database refuses connections: %s; retrying", describe_error(exc)
-                    )
-                    logged_permanent = True
-                continue
+        """Retry the database through the shared supervisor until it answers (rows spool)."""
+        self._refusal_logged = False
+        # The database has just failed: the first attempt waits a backoff step as well.
+        await self._reconnector.sleep(self._reconnector.backoff.next_delay())
+        conn = await self._reconnector.run(self._connect)
+        if conn is not None:  # None only once a stop event is set (the writer cancels instead)
             self._set_up(conn)
+
+    def _reconnect_failed(self, exc: BaseException, _verdict: ErrorClass, _delay: float) -> None:
+        if self._refusal_logged or classify(exc) is not ErrorClass.PERMANENT:
             return
+        self._refusal_logged = True
+        log.error("local database refuses connections: %s; retrying", describe_error(exc))
 
     async def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
