@@ -668,6 +668,45 @@ async def test_permanent_refusal_mid_run_keeps_spooling_and_retrying(
     assert _segments(tmp_path / "spool") == []
 
 
+async def test_db_killed_during_a_stalled_copy_spools_at_once(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """The writer's COPY stalls mid-stream (its backend waits for a table lock and reads
+    nothing: the socket buffers fill and the transport pauses, so asyncpg's COPY of records
+    waits at its next 512 KiB flush), then the server is killed -9. The writer must notice at
+    once, well before its 60 s write watchdog (whose terminate() would not wake that wait
+    either), spool the batch and store every row exactly once after the restart; no future is
+    left unretrieved (the autouse guard)."""
+    admin, dsn = _gatherer_db(pg_cluster)
+    # ~20 MB of COPY data in one transaction: more than loopback socket buffers hold.
+    rows = [(*_trade(i)[:1], f"MKT-{i % 7}-" + "x" * 300, *_trade(i)[2:]) for i in range(50_000)]
+    async with _writer(
+        dsn, tmp_path / "spool", batch_rows=50_000, queue_rows=100_000, write_timeout_s=60
+    ) as w:
+        w.put("trades", _trade(-1))  # caches the COPY's column query: it takes no lock later
+        assert await w.wait_idle(30)
+        locker = await asyncpg.connect(admin)
+        try:
+            await locker.execute("BEGIN; LOCK TABLE trades IN ACCESS EXCLUSIVE MODE")
+            for row in rows:
+                w.put("trades", row)
+            allowed = w._conn._protocol.writing_allowed  # asyncpg internals: the stall itself
+            await _until(lambda: not allowed.is_set(), 30, "the COPY to stall on a full socket")
+            await asyncio.sleep(0.05)  # the COPY is in its wait for the transport
+            await asyncio.to_thread(pg_cluster.kill9)
+        finally:
+            locker.terminate()
+        started = time.monotonic()
+        await _until(lambda: not w.db_up, 10, "the writer to notice")
+        noticed = time.monotonic() - started
+        await _until(lambda: w.spool_bytes > 0 and w.queue_depth("trades") == 0, 10, "spooled")
+        print(f"\nstalled COPY: the writer noticed the kill after {noticed:.2f} s")
+        await asyncio.to_thread(pg_cluster.start)
+        assert await w.wait_idle(120)
+    assert noticed < 5, noticed
+    assert await _fetch(admin, "trades") == _expected("trades", [_trade(-1), *rows])
+
+
 # --------------------------------------------------------------------------- the COPY guard
 #: What asyncio says about a future or task nobody finished with (issue 16).
 NEVER_RETRIEVED = ("exception was never retrieved", "Task was destroyed but it is pending")
