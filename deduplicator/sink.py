@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +12,7 @@ from deduplicator.errors import CursorMoved, NotLeader
 from deduplicator.lease import LeaseState
 from deduplicator.source import BatchBounds
 from kalshi_data.copypipe import CopyPipe
+from kalshi_data.pgcopy import copy_data
 from kalshi_data.tables import SYNCED_TABLES, TableSpec
 
 
@@ -155,7 +153,7 @@ async def _copy_direct(
     try:
         data = await _read_all(pipe)
         async with conn.transaction():
-            status = await copy_in(conn, spec.name, data, [*spec.column_names, "gatherer_id"])
+            status = await copy_data(conn, spec.name, data, [*spec.column_names, "gatherer_id"])
     except asyncpg.UniqueViolationError:
         return None
     finally:
@@ -173,7 +171,7 @@ async def _stage_and_insert(
         # Every time: a cache of "already created" keyed by connection was wrong after a
         # reconnect (a new connection object can reuse the old one's id()).
         await conn.execute(sql.create_stage(spec))
-        await copy_in(conn, sql.stage_name(spec), data, list(spec.column_names))
+        await copy_data(conn, sql.stage_name(spec), data, spec.column_names)
     finally:
         await pipe.close()
     newest = await conn.fetchval(sql.stage_newest(spec))
@@ -201,75 +199,3 @@ async def _read_all(pipe: CopyPipe) -> memoryview:
     """
     # A memoryview, not bytes: copy_to_table takes bytes for a file name (os.fspath).
     return memoryview(b"".join([chunk async for chunk in pipe.chunks()]))
-
-
-async def copy_in(
-    conn: asyncpg.Connection, table: str, data: memoryview, columns: list[str]
-) -> str:
-    """``copy_to_table(table, source=data, format="binary")`` such that asyncpg's COPY result
-    future is always awaited or has its exception retrieved (issue 16).
-
-    asyncpg 0.32's ``Protocol.copy_in`` creates its result future, writes the COPY statement,
-    then, for data in hand, ``await writing_allowed.wait()`` *outside* any timer: when the
-    previous write left the transport paused (its buffer above the high-water mark) and the
-    server dies in that wait, nothing sets the event again, so the COPY hangs until cancelled;
-    the cancellation then writes CopyFail to a transport uvloop has closed, which raises
-    ``RuntimeError`` before asyncpg attaches the callback that retrieves the future's
-    exception ("Future exception was never retrieved … ConnectionDoesNotExistError"). So:
-
-    1. wait here until the transport accepts writes, or the connection is lost (then raise a
-       retryable :class:`asyncpg.ConnectionDoesNotExistError` without starting the COPY).
-       From then on ``copy_in`` runs to its ``await`` of the future without yielding: the
-       statement is far below the high-water mark and cannot pause the transport again;
-    2. if ``copy_to_table`` still fails with a client-side error (a write that fails
-       synchronously, e.g. EPIPE as the server dies), add asyncpg's own retrieving callback to
-       the connection's pending futures, the step its error path skipped.
-    """
-    await _writable(conn)
-    try:
-        status: str = await conn.copy_to_table(table, source=data, format="binary", columns=columns)
-    except asyncpg.PostgresError:
-        raise  # the server answered: asyncpg awaited the future
-    except BaseException:
-        _retrieve_pending(conn)
-        raise
-    return status
-
-
-async def _writable(conn: asyncpg.Connection) -> None:
-    """Return once ``conn``'s transport is not paused for writing; raise
-    ConnectionDoesNotExistError if the connection is lost first."""
-    allowed: asyncio.Event = conn._protocol.writing_allowed  # asyncpg internals: see copy_in
-    if allowed.is_set():
-        return
-    lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-
-    def on_lost(_conn: object) -> None:
-        if not lost.done():
-            lost.set_result(None)
-
-    conn.add_termination_listener(on_lost)
-    resumed: asyncio.Future[object] = asyncio.ensure_future(allowed.wait())
-    try:
-        if not conn.is_closed():
-            await asyncio.wait({resumed, lost}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        resumed.cancel()
-        lost.cancel()
-        conn.remove_termination_listener(on_lost)
-    if conn.is_closed() or not allowed.is_set():
-        raise asyncpg.ConnectionDoesNotExistError("connection lost before COPY started")
-
-
-def _retrieve_pending(conn: asyncpg.Connection) -> None:
-    """Mark the exception of every future the connection's protocol still holds (its result
-    waiter; asyncpg keeps it in a C attribute) as retrieved once it is set."""
-    for ref in gc.get_referents(conn._protocol):  # asyncpg internals: see copy_in
-        if isinstance(ref, asyncio.Future):
-            ref.add_done_callback(_consume)
-
-
-def _consume(fut: asyncio.Future[object]) -> None:
-    if not fut.cancelled():
-        with contextlib.suppress(BaseException):
-            fut.exception()

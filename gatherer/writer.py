@@ -9,97 +9,56 @@ Flow (DESIGN §4.4, bounded memory and no silent drops):
 - A unique violation (23505) means some rows are already there (a reconnect repeated a state, a
   spool replay repeats a batch whose commit was not acknowledged): the batch is re-run through a
   TEMP staging table and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. Spool replays always
-  take that path. No duplicate is ever stored.
+  take that path. No duplicate is ever stored (:mod:`gatherer.dbwrite`).
 - A retryable error (connection lost, shutdown, timeout) sends the batch to the spool and starts a
   background reconnect with the shared Full-Jitter backoff; while the database is down every batch
   goes to the spool. Once it is back, the spool is replayed oldest first, each segment deleted
   only after all its batches committed, then queued rows are written again.
 - A permanent error (a CHECK violation, a value the encoder refuses) is narrowed down by bisecting
-  the batch: good rows commit, each bad row becomes a ``dead_letters`` row (source ``writer``,
-  reason SQLSTATE + constraint, raw = JSON of the row). A dead letter that itself cannot be stored
-  is appended to ``<spool_dir>/rejected.jsonl`` and logged: never dropped, never a loop.
+  the batch: good rows commit, each bad row becomes a ``dead_letters`` row.
 
 Shutdown (:meth:`Writer.stop`): drain the queues to the database within the timeout, else spool
 them; fsync; close. A spool left behind is replayed by the next writer on the same directory.
 
-The spool's disk bound (``spool_max_bytes``, issue 14) is soft: a row that :meth:`Writer.put`
-accepted is never dropped. Once the spool reaches the bound, or the disk refuses an append (any
-``OSError``: ENOSPC, EFBIG, EIO), the writer is *full*: it says so loudly once per episode, calls
-``on_backpressure(True)`` (the gatherer then stops reading the exchange, so the loss is a recorded
-connection gap, never a silent drop) and keeps going: rows still spool while the disk takes them
-(the overshoot is what was in flight), rows the disk refused stay in the in-memory queues and the
-append is retried every ``DISK_RETRY_S``. It is no longer full once the disk takes appends again
-(or the database takes the rows) and the spool is below ``LOW_WATER`` of the bound:
-``on_backpressure(False)``.
+The :class:`Writer` coordinates; each job is a part of its own, with its pure logic testable
+without a database (tests/unit/gatherer/test_writer_parts.py):
+
+- :mod:`gatherer.writequeue`: the per-table queues and the batching decisions;
+- :mod:`gatherer.dbwrite`: one transaction of batches (direct COPY, or staged on a conflict);
+- :mod:`gatherer.spill`: appends to the spool, disk refusals and the back-pressure state of the
+  spool's soft disk bound (``spool_max_bytes``, issue 14);
+- :mod:`gatherer.replay`: spool replay, segment by segment, resuming after a failure;
+- :mod:`gatherer.isolation`: bisection of a refused batch and the dead letters;
+- :mod:`kalshi_data.pgcopy`: the COPY itself, guarded against asyncpg's lost futures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import math
-import os
 import time
-import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 
+from gatherer.dbwrite import BatchCommitter
+from gatherer.isolation import DeadLetters, isolate
 from gatherer.metrics import GathererMetrics
-from gatherer.pgcodec import (
-    error_reason,
-    insert_from_stage_sql,
-    inserted_count,
-    register_codecs,
-    render_raw,
-    stage_ddl,
-    stage_name,
-)
-from gatherer.spool import DEFAULT_SEGMENT_BYTES, Damage, Spool, SpoolBatch
+from gatherer.pgcodec import error_reason, register_codecs
+from gatherer.replay import Replayer, merge_chunk
+from gatherer.spill import Backpressure, Spill
+from gatherer.spool import DEFAULT_SEGMENT_BYTES, Spool, SpoolBatch
+from gatherer.writequeue import Batch, Put, Row, TableQueues, shape_error
 from kalshi_data.errors import TransientError, describe_error
-from kalshi_data.resilience import Backoff, ErrorClass, classify
+from kalshi_data.resilience import ErrorClass, RetryPolicy, Supervisor, classify
 from kalshi_data.tables import BY_NAME, DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
-Row = tuple[Any, ...]
-Batch = tuple[str, list[Row]]
-UNIQUE_VIOLATION = "23505"
 APPLICATION_NAME = "kalshi-data-gatherer-writer"
-REJECTED_FILE = "rejected.jsonl"
-#: The spool may take rows again (back-pressure released) below this fraction of the bound.
-LOW_WATER = 0.9
-#: After the disk refused an append, the next attempt waits this long (rows stay in memory).
-DISK_RETRY_S = 1.0
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-class _RateLimitedLog:
-    """At most one message per ``interval_s``; counts what it suppressed in between."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def __call__(self, level: int, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval_s:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += f" ({self._suppressed} similar messages suppressed)"
-        self._last, self._suppressed = now, 0
-        log.log(level, msg, *args)
 
 
 class Writer:
@@ -118,7 +77,7 @@ class Writer:
         backoff_base_s, backoff_cap_s: reconnect backoff (Full Jitter).
         spool_segment_bytes: spool segment size.
         spool_max_bytes: the spool's disk bound (0: no bound, only the disk's own size); a soft
-            bound that signals back-pressure, see the module docstring.
+            bound that signals back-pressure, see :mod:`gatherer.spill`.
         on_backpressure: called with True when the spool becomes full (bound reached or disk
             refusing) and with False once it is below the low-water mark and writable again.
     """
@@ -140,40 +99,66 @@ class Writer:
         spool_max_bytes: int = 0,
         on_backpressure: Callable[[bool], None] | None = None,
     ) -> None:
-        if batch_rows <= 0 or queue_rows < batch_rows:
-            raise ValueError("writer needs 0 < batch_rows <= queue_rows")
+        self._queues = TableQueues(
+            {t: len(spec.columns) for t, spec in BY_NAME.items()},
+            batch_rows=batch_rows,
+            queue_rows=queue_rows,
+        )
         if flush_interval_s <= 0 or connect_timeout_s <= 0 or write_timeout_s <= 0:
             raise ValueError("writer intervals and timeouts must be > 0")
-        if spool_max_bytes < 0:
-            raise ValueError("spool_max_bytes must be >= 0 (0: no bound)")
+        backpressure = Backpressure(spool_max_bytes)
         self._dsn = dsn
         self._spool_dir = Path(spool_dir)
-        self._spool = Spool(self._spool_dir, segment_bytes=spool_segment_bytes)
-        self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
-        self._queue_rows = queue_rows
         self._connect_timeout_s = connect_timeout_s
-        self._write_timeout_s = write_timeout_s
-        self._backoff = Backoff(backoff_base_s, backoff_cap_s)
-        self._spool_max = spool_max_bytes
-        self._spool_low = int(spool_max_bytes * LOW_WATER)
-        self.on_backpressure = on_backpressure
-        self._full = False
-        self._full_since: float | None = None
-        self._disk_error: str | None = None
-        self._disk_retry_at = 0.0
-        self.full_episodes = 0
+        # Reconnects retry forever, permanent refusals included: mid-run, a wrong password or a
+        # dropped database must not lose rows, so the writer keeps spooling and trying, and says
+        # so loudly once (gatherer_db_up stays 0 and alerts).
+        self._reconnector = Supervisor(
+            "gatherer-writer-reconnect",
+            policy=RetryPolicy(base_s=backoff_base_s, cap_s=backoff_cap_s),
+            classify_fn=lambda _exc: ErrorClass.RETRYABLE,
+            on_failure=self._reconnect_failed,
+        )
+        self._refusal_logged = False
         #: Rows neither the database nor the disk took by the end of :meth:`stop` (logged).
         self.lost_at_stop = 0
 
-        self._bind_metrics(metrics)
+        g = metrics.gatherer_id
+        self._m_queue = {t: metrics.queue_depth.labels(g, t) for t in BY_NAME}
+        self._db = BatchCommitter(
+            write_timeout_s=write_timeout_s,
+            m_write_s=metrics.write_seconds.labels(g),
+            m_rows={t: metrics.rows_written.labels(g, t) for t in BY_NAME},
+        )
+        self._m_db_up = metrics.db_up.labels(g)
+        self._m_db_up.set(0)
+        metrics.spool_max_bytes.labels(g).set(spool_max_bytes)
 
-        # Insertion order follows SYNCED_TABLES, which ends with dead_letters: rows dead-lettered
-        # while the other queues are spooled are still spooled in the same pass.
-        self._queues: dict[str, deque[Row]] = {t: deque() for t in BY_NAME}
-        self._ncols = {t: len(spec.columns) for t, spec in BY_NAME.items()}
+        self._dead = DeadLetters(
+            self._spool_dir, metrics.dead_letters.labels(g, "writer"), self._store_dead_letter
+        )
+        self._spool = Spool(self._spool_dir, segment_bytes=spool_segment_bytes)
+        self._spill = Spill(
+            self._spool,
+            self._queues,
+            state=backpressure,
+            metrics=(
+                metrics.spool_bytes.labels(g),
+                metrics.spool_full.labels(g),
+                metrics.spool_full_episodes.labels(g),
+            ),
+            on_reject=self._dead,
+            on_backpressure=on_backpressure,
+        )
+        self._replayer = Replayer(
+            self._spool,
+            batch_rows=batch_rows,
+            commit=self._replay_chunk,
+            after_segment=self._spill.refresh,
+        )
+
         self._conn: Any = None
-        self._staged: set[str] = set()
         self._inflight: list[Batch] = []
         self._wake = asyncio.Event()
         self._tick = asyncio.Event()
@@ -183,27 +168,21 @@ class Writer:
         self._run_task: asyncio.Task[None] | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
-        self._replay_resume: tuple[Path, int] | None = None
-        self._replayed = [0, 0]  # batches, rows since the spool was last empty
-        self._log_spill = _RateLimitedLog(10.0)
-        self._log_dead = _RateLimitedLog(1.0)
-        self._m_spool.set(self._spool.bytes)
-        self._m_db_up.set(0)
 
     # ------------------------------------------------------------------ public API
-    def _bind_metrics(self, metrics: GathererMetrics) -> None:
-        """This gatherer's labelled children of every writer metric, set to their start values."""
-        g = metrics.gatherer_id
-        self._m_rows = {t: metrics.rows_written.labels(g, t) for t in BY_NAME}
-        self._m_queue = {t: metrics.queue_depth.labels(g, t) for t in BY_NAME}
-        self._m_write_s = metrics.write_seconds.labels(g)
-        self._m_spool = metrics.spool_bytes.labels(g)
-        self._m_db_up = metrics.db_up.labels(g)
-        self._m_dead = metrics.dead_letters.labels(g, "writer")
-        self._m_spool_full = metrics.spool_full.labels(g)
-        self._m_spool_episodes = metrics.spool_full_episodes.labels(g)
-        metrics.spool_max_bytes.labels(g).set(self._spool_max)
-        self._m_spool_full.set(0)
+    @property
+    def on_backpressure(self) -> Callable[[bool], None] | None:
+        """The back-pressure listener (settable)."""
+        return self._spill.on_backpressure
+
+    @on_backpressure.setter
+    def on_backpressure(self, callback: Callable[[bool], None] | None) -> None:
+        self._spill.on_backpressure = callback
+
+    @property
+    def full_episodes(self) -> int:
+        """How many times the spool became full."""
+        return self._spill.state.episodes
 
     @property
     def db_up(self) -> bool:
@@ -218,21 +197,21 @@ class Writer:
     @property
     def spool_max_bytes(self) -> int:
         """The spool's disk bound (0: none)."""
-        return self._spool_max
+        return self._spill.state.max_bytes
 
     @property
     def spool_full(self) -> bool:
         """True while back-pressure is signalled (bound reached or the disk refusing appends)."""
-        return self._full
+        return self._spill.state.full
 
     @property
     def disk_error(self) -> str | None:
         """The last spool append failure of the current disk-error episode, else None."""
-        return self._disk_error
+        return self._spill.disk_error
 
     def queue_depth(self, table: str) -> int:
         """Rows of ``table`` waiting in memory."""
-        return len(self._queues[table])
+        return self._queues.depth(table)
 
     async def start(self) -> None:
         """Connect and start the loop (which replays any spool first).
@@ -264,31 +243,32 @@ class Writer:
 
         A row of an unknown table or with the wrong number of values is dead-lettered.
         """
-        q = self._queues.get(table)
-        if q is None or len(row) != self._ncols[table]:
-            self._bad_shape(table, row)
+        reason = shape_error(self._queues.ncols, table, row)
+        if reason is not None:
+            self._dead(table, tuple(row), reason)
+        elif self._stopped:
+            self._put_after_stop(table, row)
+        else:
+            action = self._queues.put(table, row)
+            if action is Put.SPILL:
+                self._spill.overflow(table)
+            if action is not Put.QUEUED:
+                self._wake.set()
+
+    def _put_after_stop(self, table: str, row: Row) -> None:
+        self._spill.retry_now()
+        self._spill.batches([(table, [row])])
+        if self._queues.depth(table):
+            self._queues[table].clear()
+            self.lost_at_stop += 1
+            log.critical(
+                "a %s row arrived after stop and the spool %s refused it (%s): it is lost",
+                table,
+                self._spool_dir,
+                self._spill.disk_error,
+            )
             return
-        if self._stopped:
-            self._disk_retry_at = 0.0
-            self._spool_batches([(table, [row])])
-            if q:
-                q.clear()
-                self.lost_at_stop += 1
-                log.critical(
-                    "a %s row arrived after stop and the spool %s refused it (%s): it is lost",
-                    table,
-                    self._spool_dir,
-                    self._disk_error,
-                )
-                return
-            self._spool.sync()
-            return
-        q.append(row)
-        n = len(q)
-        if n >= self._batch_rows:
-            if n >= self._queue_rows:
-                self._spill(table)
-            self._wake.set()
+        self._spool.sync()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until the database is up, the queues are empty and the spool is replayed."""
@@ -309,6 +289,38 @@ class Writer:
             return
         self._stopping = True
         self._wake.set()
+        await self._finish_tasks(timeout_s)
+        self._stopped = True
+        before = self._spool.bytes
+        leftover, self._inflight = self._inflight, []
+        self._spill.retry_now()  # one more try whatever the retry pacing says
+        self._spill.batches(leftover)
+        self._spill.all_queues()
+        self._spool.close()
+        self._spill.sync_gauge()
+        await self._close_conn()
+        lost = self._queues.clear()
+        if lost:
+            self.lost_at_stop += lost
+            log.critical(
+                "writer stopped with %d rows that neither the database nor the spool %s took "
+                "(%s): they are lost",
+                lost,
+                self._spool_dir,
+                self._spill.disk_error,
+            )
+        if self._spool.bytes:
+            log.info(
+                "writer stopped: %d bytes spooled now, %d bytes waiting in %s for the next start",
+                self._spool.bytes - before,
+                self._spool.bytes,
+                self._spool_dir,
+            )
+        else:
+            log.info("writer stopped: every row committed")
+
+    async def _finish_tasks(self, timeout_s: float) -> None:
+        """Let the loop drain within ``timeout_s`` (else cancel it); cancel a reconnect."""
         task = self._run_task
         if task is not None and not task.done():
             try:
@@ -322,36 +334,6 @@ class Writer:
             self._connect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connect_task
-        self._stopped = True
-        before = self._spool.bytes
-        leftover, self._inflight = self._inflight, []
-        self._disk_retry_at = 0.0  # one more try whatever the retry pacing says
-        self._spool_batches(leftover)
-        self._spool_queues()
-        self._spool.close()
-        self._m_spool.set(self._spool.bytes)
-        await self._close_conn()
-        lost = sum(len(q) for q in self._queues.values())
-        if lost:
-            self.lost_at_stop += lost
-            for q in self._queues.values():
-                q.clear()
-            log.critical(
-                "writer stopped with %d rows that neither the database nor the spool %s took "
-                "(%s): they are lost",
-                lost,
-                self._spool_dir,
-                self._disk_error,
-            )
-        if self._spool.bytes:
-            log.info(
-                "writer stopped: %d bytes spooled now, %d bytes waiting in %s for the next start",
-                self._spool.bytes - before,
-                self._spool.bytes,
-                self._spool_dir,
-            )
-        else:
-            log.info("writer stopped: every row committed")
 
     # ------------------------------------------------------------------ connection
     async def _connect(self) -> Any:
@@ -365,13 +347,12 @@ class Writer:
         except BaseException:
             conn.terminate()
             raise
-        self._staged = set()
+        self._db.new_connection()
         return conn
 
     def _set_up(self, conn: Any) -> None:
         self._conn = conn
         self._m_db_up.set(1)
-        self._backoff.reset()
         if self._down_since is not None:
             log.info(
                 "local database back up after %.1f s; replaying %d bytes of spool",
@@ -397,25 +378,19 @@ class Writer:
             )
 
     async def _reconnect(self) -> None:
-        """Retry the database with the shared backoff until it answers (forever: rows spool)."""
-        logged_permanent = False
-        while True:
-            await asyncio.sleep(self._backoff.next_delay())
-            try:
-                conn = await self._connect()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if classify(exc) is ErrorClass.PERMANENT and not logged_permanent:
-                    # Mid-run, a permanent refusal still must not lose rows: keep spooling,
-                    # keep trying, and say so loudly (gatherer_db_up stays 0 and alerts).
-                    log.error(  # noqa: TRY400 (a refusal, not a bug: no traceback)
-                        "local database refuses connections: %s; retrying", describe_error(exc)
-                    )
-                    logged_permanent = True
-                continue
+        """Retry the database through the shared supervisor until it answers (rows spool)."""
+        self._refusal_logged = False
+        # The database has just failed: the first attempt waits a backoff step as well.
+        await self._reconnector.sleep(self._reconnector.backoff.next_delay())
+        conn = await self._reconnector.run(self._connect)
+        if conn is not None:  # None only once a stop event is set (the writer cancels instead)
             self._set_up(conn)
+
+    def _reconnect_failed(self, exc: BaseException, _verdict: ErrorClass, _delay: float) -> None:
+        if self._refusal_logged or classify(exc) is not ErrorClass.PERMANENT:
             return
+        self._refusal_logged = True
+        log.error("local database refuses connections: %s; retrying", describe_error(exc))
 
     async def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
@@ -443,70 +418,52 @@ class Writer:
                 # A bug, not a database fault: keep the rows (spool) and the loop alive.
                 log.exception("writer step failed; its rows go to the spool")
                 leftover, self._inflight = self._inflight, []
-                self._spool_batches(leftover)
+                self._spill.batches(leftover)
                 self._mark_down(exc)
                 done = False
             finally:
-                for t, q in self._queues.items():
-                    self._m_queue[t].set(len(q))
-                self._m_spool.set(self._spool.bytes)
-                self._check_bound()
+                for t in self._queues.tables():
+                    self._m_queue[t].set(self._queues.depth(t))
+                self._spill.refresh()
                 self._tick.set()
             if done:
                 return
 
     def _ready(self) -> bool:
-        if self._conn is None and self._disk_error is not None:
+        if self._conn is None and self._spill.disk_error is not None:
             return False  # the disk refused: retried at the flush pace, not in a spin
         if self._conn is not None and self._spool.has_data():
             return True
-        return any(len(q) >= self._batch_rows for q in self._queues.values())
+        return self._queues.ready()
 
     def _idle(self) -> bool:
         return (
             self._conn is not None
             and not self._inflight
             and not self._spool.has_data()
-            and not any(self._queues.values())
+            and not self._queues.has_rows()
         )
 
     async def _step(self) -> bool:
         """One round of work; True when the loop should end (stopping and nothing left)."""
         if self._conn is None:
-            if self._stopping:
-                return True
-            if any(self._queues.values()):
-                self._spool_queues()
+            if not self._stopping and self._queues.has_rows():
+                self._spill.all_queues()
                 await self._spool.sync_async()
-            return False
+            return self._stopping
         if self._stopping:
             # Drain what is in memory; a spool left behind is replayed by the next start.
-            if not any(self._queues.values()):
+            if not self._queues.has_rows():
                 return True
             await self._write_queues()
-            return False
-        if self._spool.has_data():
-            await self._replay()
-            return False
-        if any(self._queues.values()):
+        elif self._spool.has_data():
+            await self._replayer.replay()
+        elif self._queues.has_rows():
             await self._write_queues()
         return False
 
-    def _take_batches(self) -> list[Batch]:
-        batches: list[Batch] = []
-        for t, q in self._queues.items():
-            if not q:
-                continue
-            if len(q) <= self._batch_rows:
-                rows = list(q)
-                q.clear()
-            else:
-                rows = [q.popleft() for _ in range(self._batch_rows)]
-            batches.append((t, rows))
-        return batches
-
     async def _write_queues(self) -> None:
-        batches = self._take_batches()
+        batches = self._queues.take_batches()
         self._inflight = batches
         try:
             await self._commit(batches, staged=False)
@@ -515,161 +472,50 @@ class Writer:
         except Exception as exc:
             if classify(exc) is ErrorClass.RETRYABLE:
                 self._inflight = []
-                self._spool_batches(batches)
+                self._spill.batches(batches)
                 self._mark_down(exc)
                 await self._spool.sync_async()
                 return
             log.warning("a batch was refused (%s): isolating the bad rows", error_reason(exc))
-            await self._isolate(batches, staged=False, spool_on_retryable=True)
+            if not await self._isolate(batches, staged=False, spool_rest=True):
+                return
         else:
-            self._disk_ok()  # the database took them: memory no longer waits for the disk
+            self._spill.disk_ok()  # the database took them: memory no longer waits for the disk
         self._inflight = []
 
     # ------------------------------------------------------------------ database writes
     async def _commit(self, batches: Sequence[Batch], *, staged: bool) -> None:
-        """One transaction for ``batches``; a unique violation re-runs it through staging."""
         conn = self._conn
         if conn is None:
             raise TransientError("local database connection is down")
-        started = time.perf_counter()
-        # A watchdog rather than a cancel: cancelling inside a transaction would still wait for
-        # the rollback on a hung socket; terminating the connection fails every pending call.
-        watchdog = asyncio.get_running_loop().call_later(self._write_timeout_s, self._abort, conn)
-        counts: dict[str, int] = {}
-        try:
-            if staged:
-                await self._ensure_stage(conn, [t for t, _ in batches])
-            async with conn.transaction():
-                for table, rows in batches:
-                    spec = BY_NAME[table]
-                    if staged:
-                        await conn.copy_records_to_table(
-                            stage_name(spec), records=rows, columns=spec.column_names
-                        )
-                        status = await conn.execute(insert_from_stage_sql(spec))
-                        counts[table] = inserted_count(status)
-                    else:
-                        await conn.copy_records_to_table(
-                            table, records=rows, columns=spec.column_names
-                        )
-                        counts[table] = len(rows)
-        except Exception as exc:
-            if staged or getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION:
-                raise
-            duplicate = True
-        else:
-            duplicate = False
-        finally:
-            watchdog.cancel()
-        if duplicate:
-            await self._commit(batches, staged=True)
-            return
-        self._m_write_s.observe(time.perf_counter() - started)
-        for table, n in counts.items():
-            self._m_rows[table].inc(n)
+        await self._db.commit(conn, batches, staged=staged)
 
-    def _abort(self, conn: Any) -> None:
-        log.warning(
-            "a write took longer than %.1f s: closing the connection", self._write_timeout_s
-        )
-        conn.terminate()
-
-    async def _ensure_stage(self, conn: Any, tables: Sequence[str]) -> None:
-        for table in tables:
-            if table not in self._staged:
-                await conn.execute(stage_ddl(BY_NAME[table]))
-                self._staged.add(table)
-
-    async def _isolate(
-        self, batches: Sequence[Batch], *, staged: bool, spool_on_retryable: bool
-    ) -> bool:
+    async def _isolate(self, batches: Sequence[Batch], *, staged: bool, spool_rest: bool) -> bool:
         """Commit the good rows of refused batches, dead-letter the bad ones (bisection).
 
-        Returns False when the database failed on the way (the rest is spooled when asked:
-        live batches; a replayed batch is still in the spool).
+        Returns False when the database failed on the way (the rest is spooled when
+        ``spool_rest``: live batches; a replayed batch is still in the spool).
         """
-        for i, (table, rows) in enumerate(batches):
-            pending = [rows]
-            while pending:
-                chunk = pending.pop()
-                try:
-                    await self._commit([(table, chunk)], staged=staged)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if classify(exc) is ErrorClass.RETRYABLE:
-                        if spool_on_retryable:
-                            rest = [(table, c) for c in [chunk, *reversed(pending)]]
-                            self._spool_batches([*rest, *batches[i + 1 :]])
-                            self._inflight = []
-                        self._mark_down(exc)
-                        return False
-                    if len(chunk) == 1:
-                        self._dead_letter(table, chunk[0], error_reason(exc))
-                        continue
-                    mid = len(chunk) // 2
-                    pending.append(chunk[mid:])
-                    pending.append(chunk[:mid])
-        return True
+
+        async def commit(table: str, rows: list[Row]) -> None:
+            await self._commit([(table, rows)], staged=staged)
+
+        outcome = await isolate(batches, commit, self._dead)
+        if outcome.failed is None:
+            return True
+        if spool_rest:
+            self._spill.batches(outcome.rest)
+            self._inflight = []
+        self._mark_down(outcome.failed)
+        return False
 
     # ------------------------------------------------------------------ spool replay
-    async def _replay(self) -> None:
-        """Replay closed segments oldest first; delete each once all its batches committed."""
-        self._spool.seal()
-        for segment in self._spool.closed_segments():
-            replayed = await self._replay_segment(segment)
-            if replayed is None:
-                return
-            if replayed:
-                kept = self._spool.quarantine(segment)
-                log.error(
-                    "spool segment had corrupt bytes: replayed what was intact, kept %s", kept
-                )
-            else:
-                self._spool.remove(segment)
-            self._m_spool.set(self._spool.bytes)
-            self._check_bound()
-        if not self._spool.has_data() and self._replayed[0]:
-            log.info(
-                "replayed %d batches (%d rows) from spool", self._replayed[0], self._replayed[1]
-            )
-            self._replayed = [0, 0]
-
-    async def _replay_segment(self, segment: Path) -> bool | None:
-        """Commit a segment's batches: None if the database failed, else whether it was corrupt."""
-        resume = 0
-        corrupt = False
-        if self._replay_resume is not None and self._replay_resume[0] == segment:
-            resume = self._replay_resume[1]
-        chunk: list[SpoolBatch] = []
-        n = 0
-        with contextlib.closing(self._spool.read(segment)) as items:
-            for item in items:
-                if isinstance(item, Damage):
-                    corrupt = corrupt or item.kind == "corrupt"
-                    continue
-                if item.end <= resume:
-                    continue
-                chunk.append(item)
-                n += len(item.rows)
-                if n >= self._batch_rows:
-                    if not await self._replay_chunk(segment, chunk):
-                        return None
-                    chunk, n = [], 0
-        if chunk and not await self._replay_chunk(segment, chunk):
-            return None
-        self._replay_resume = None
-        return corrupt
-
-    async def _replay_chunk(self, segment: Path, chunk: list[SpoolBatch]) -> bool:
-        merged: dict[str, list[Row]] = {}
-        for batch in chunk:
-            if batch.table not in BY_NAME:
-                for row in batch.rows:
-                    self._dead_letter(batch.table, row, "writer: spooled row of an unknown table")
-                continue
-            merged.setdefault(batch.table, []).extend(batch.rows)
-        batches = list(merged.items())
+    async def _replay_chunk(self, chunk: list[SpoolBatch]) -> bool:
+        """Commit one replayed chunk (staged); False when the database failed on the way."""
+        batches, unknown = merge_chunk(chunk, BY_NAME)
+        for batch in unknown:
+            for row in batch.rows:
+                self._dead(batch.table, row, "writer: spooled row of an unknown table")
         try:
             if batches:
                 await self._commit(batches, staged=True)
@@ -680,167 +526,12 @@ class Writer:
                 self._mark_down(exc)
                 return False
             log.warning("a spooled batch was refused (%s): isolating", error_reason(exc))
-            if not await self._isolate(batches, staged=True, spool_on_retryable=False):
-                return False
-        self._replay_resume = (segment, chunk[-1].end)
-        self._replayed[0] += len(chunk)
-        self._replayed[1] += sum(len(b.rows) for b in chunk)
+            return await self._isolate(batches, staged=True, spool_rest=False)
         return True
 
-    # ------------------------------------------------------------------ spooling, dead letters
-    def _append(self, table: str, rows: Sequence[Row]) -> bool:
-        """One spool append; False when the disk refused (the caller keeps the rows)."""
-        if self._disk_error is not None and time.monotonic() < self._disk_retry_at:
-            return False
-        try:
-            self._spool.append(table, rows, on_reject=self._rejector(table))
-        except OSError as exc:
-            self._disk_refused(exc)
-            return False
-        self._disk_ok()
-        self._check_bound()
-        return True
-
-    def _disk_refused(self, exc: OSError) -> None:
-        self._disk_retry_at = time.monotonic() + DISK_RETRY_S
-        first = self._disk_error is None
-        self._disk_error = describe_error(exc)
-        if first:
-            log.error(
-                "spool %s refused an append (%s): rows stay in memory, retried every %.0f s; "
-                "the gatherer stops reading the exchange until the spool takes rows again",
-                self._spool_dir,
-                self._disk_error,
-                DISK_RETRY_S,
-            )
-        self._check_bound()
-
-    def _disk_ok(self) -> None:
-        if self._disk_error is None:
-            return
-        log.warning(
-            "spool %s takes rows again (the failure was %s)", self._spool_dir, self._disk_error
-        )
-        self._disk_error = None
-        self._check_bound()
-
-    def _check_bound(self) -> None:
-        """Enter or leave the full state (back-pressure) from the spool size and disk state."""
-        size = self._spool.bytes
-        over = self._spool_max > 0 and size >= self._spool_max
-        if not self._full:
-            if not over and self._disk_error is None:
-                return
-            self._full, self._full_since = True, time.monotonic()
-            self.full_episodes += 1
-            self._m_spool_full.set(1)
-            self._m_spool_episodes.inc()
-            reason = (
-                f"the disk refused an append ({self._disk_error})"
-                if self._disk_error is not None
-                else f"{size} bytes reached the bound of {self._spool_max} (spool_max_bytes)"
-            )
-            log.error(
-                "spool %s is full: %s; signalling back-pressure (the gatherer stops reading the "
-                "exchange, rows already accepted are kept)",
-                self._spool_dir,
-                reason,
-            )
-        elif self._disk_error is None and (self._spool_max == 0 or size < self._spool_low):
-            self._full = False
-            since = self._full_since or time.monotonic()
-            self._m_spool_full.set(0)
-            log.warning(
-                "spool %s below its low-water mark (%d bytes) after %.1f s full: releasing "
-                "back-pressure",
-                self._spool_dir,
-                size,
-                time.monotonic() - since,
-            )
-        else:
-            return
-        callback = self.on_backpressure
-        if callback is not None:
-            try:
-                callback(self._full)
-            except Exception:  # the writer must go on whatever the listener does
-                log.exception("back-pressure listener failed")
-
-    def _spool_batches(self, batches: Sequence[Batch]) -> None:
-        """Spool batches; whatever the disk refuses goes back to the front of the queues."""
-        refused: list[tuple[str, Sequence[Row]]] = []
-        for table, rows in batches:
-            for i in range(0, len(rows), self._batch_rows):
-                chunk = rows[i : i + self._batch_rows]
-                if refused or not self._append(table, chunk):
-                    refused.append((table, chunk))
-        for table, back in reversed(refused):
-            self._queues[table].extendleft(reversed(back))
-        self._m_spool.set(self._spool.bytes)
-
-    def _spool_queues(self) -> None:
-        for table in self._queues:
-            self._spool_queue(table)
-
-    def _spill(self, table: str) -> None:
-        q = self._queues[table]
-        n = len(q)
-        self._spool_queue(table)
-        self._log_spill(
-            logging.WARNING,
-            "writer queue for %s reached %d rows: spilling to spool %s",
-            table,
-            n,
-            self._spool_dir,
-        )
-
-    def _spool_queue(self, table: str) -> None:
-        q = self._queues[table]
-        while q:
-            n = min(len(q), self._batch_rows)
-            if not self._append(table, list(itertools.islice(q, n))):
-                break  # the disk refused: the rows stay queued, retried later
-            for _ in range(n):
-                q.popleft()
-        self._m_spool.set(self._spool.bytes)
-
-    def _rejector(self, table: str) -> Any:
-        def reject(row: Row, reason: str) -> None:
-            self._dead_letter(table, row, reason)
-
-        return reject
-
-    def _bad_shape(self, table: str, row: Row) -> None:
-        if table not in BY_NAME:
-            reason = f"writer: unknown table {table[:64]!r}"
-        else:
-            reason = f"writer: {len(row)} values for {self._ncols[table]} columns"
-        self._dead_letter(table, tuple(row), reason)
-
-    def _dead_letter(self, table: str, row: Row, reason: str) -> None:
-        self._m_dead.inc()
-        self._log_dead(
-            logging.WARNING, "row of %s refused (%s): stored in dead_letters", table, reason
-        )
-        if table == DEAD_LETTERS.name:
-            self._reject_to_file(table, row, reason)
-            return
-        dl = (uuid.uuid4(), "writer", reason, render_raw(table, row), _now_us())
+    # ------------------------------------------------------------------ dead letters
+    def _store_dead_letter(self, row: Row) -> None:
         if self._stopped:
-            self._spool_batches([(DEAD_LETTERS.name, [dl])])
+            self._spill.batches([(DEAD_LETTERS.name, [row])])
         else:
-            self._queues[DEAD_LETTERS.name].append(dl)
-
-    def _reject_to_file(self, table: str, row: Row, reason: str) -> None:
-        """Last resort for a dead letter the database refuses: a line in rejected.jsonl."""
-        path = self._spool_dir / REJECTED_FILE
-        line = orjson.dumps(
-            {"table": table, "reason": reason, "raw": render_raw(table, row).decode()}
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, line + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        log.error("a dead letter could not be stored (%s): appended to %s", reason, path)
+            self._queues[DEAD_LETTERS.name].append(row)

@@ -345,7 +345,7 @@ def _copy_then_kill(cluster: PgCluster, wrapped: bool) -> tuple[list[str], BaseE
     import asyncpg
     import uvloop
 
-    from deduplicator.sink import copy_in
+    from kalshi_data.pgcopy import copy_data
 
     lost: list[str] = []
     row = b"\0\x01\0\0\0\x04\0\0\0\x01"  # one int4 column
@@ -366,7 +366,7 @@ def _copy_then_kill(cluster: PgCluster, wrapped: bool) -> tuple[list[str], BaseE
                 # (a merge's data sent but not yet drained): asyncpg's COPY then waits.
                 conn._protocol.pause_writing()
                 if wrapped:
-                    copy = asyncio.ensure_future(copy_in(conn, "t", data, ["x"]))
+                    copy = asyncio.ensure_future(copy_data(conn, "t", data, ["x"]))
                 else:
                     copy = asyncio.ensure_future(
                         conn.copy_to_table("t", source=data, format="binary")
@@ -400,7 +400,7 @@ def test_copy_killed_while_paused_leaves_no_unretrieved_future(pg_cluster: PgClu
     ``copy_in`` creates its result future, then waits for ``writing_allowed`` outside its
     timer; a server killed in that wait leaves the COPY hung until cancelled, and the
     cancellation's CopyFail write to uvloop's closed transport raises before the future's
-    exception is retrieved. ``sink.copy_in`` waits for the transport first: the same kills
+    exception is retrieved. ``pgcopy.copy_data`` waits for the transport first: the same kills
     leave nothing unretrieved and end in a retryable connection error, not a hang. The raw
     driver is run once as a control (it must still leak, else this test proves nothing)."""
     import asyncpg
@@ -418,5 +418,7 @@ def test_copy_killed_while_paused_leaves_no_unretrieved_future(pg_cluster: PgClu
         cause = error.__context__ if isinstance(error, asyncpg.InterfaceError) else error
         assert not isinstance(cause, TimeoutError), repr(error)  # ended by the loss, not a hang
         assert lost_connection_verdict(error, None) is ErrorClass.RETRYABLE, repr(error)
-    print(f"\nCOPY killed while paused: raw driver 1 of 1 leaked, copy_in {leaks} of {COPY_KILLS}")
+    print(
+        f"\nCOPY killed while paused: raw driver 1 of 1 leaked, copy_data {leaks} of {COPY_KILLS}"
+    )
     assert leaks == 0
