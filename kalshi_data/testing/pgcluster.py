@@ -446,15 +446,30 @@ class PgCluster:
                 raise PgClusterError("standby did not become synchronous within 30 s")
         return standby
 
-    def promote(self) -> None:
-        """Promote this standby to primary and wait until it accepts writes."""
-        self._cmd("pg_ctl", "-D", str(self.datadir), "-w", "-t", "60", "promote")
-        deadline = time.monotonic() + 30
+    def promote(self, timeout_s: float = 120.0) -> None:
+        """Promote this standby to primary and wait until it accepts writes.
+
+        ``pg_ctl promote`` only signals the server; on a loaded machine its own wait can time
+        out while the promotion still completes. So its exit status is not the verdict: the
+        server leaving recovery is, polled (through refused or slow connections) until
+        ``timeout_s``.
+        """
+        proc = self._cmd(
+            "pg_ctl", "-D", str(self.datadir), "-w", "-t", "60", "promote", check=False
+        )
+        deadline = time.monotonic() + timeout_s
+        last: str = proc.stderr.strip()[-500:]
         while time.monotonic() < deadline:
-            if self.execute("SELECT pg_is_in_recovery()")[0][0] is False:
-                return
+            try:
+                if self.execute("SELECT pg_is_in_recovery()")[0][0] is False:
+                    return
+            except psycopg.OperationalError as exc:
+                last = str(exc).strip()[-500:]
             time.sleep(0.05)
-        raise PgClusterError("standby still in recovery 30 s after promote")
+        raise PgClusterError(
+            f"standby still in recovery {timeout_s:.0f} s after promote"
+            f" (pg_ctl exit {proc.returncode}; last: {last})"
+        )
 
 
 def _children(pid: int) -> list[int]:
