@@ -23,6 +23,10 @@ import pytest
 from kalshi_data import pgcluster
 from kalshi_data.pgcluster import PgCluster
 
+#: asyncio's reports of lost work (never-retrieved exceptions, unawaited coroutines) fail the
+#: test that lost them: tests/loopguard.py.
+pytest_plugins = ["tests.loopguard"]
+
 _ROOT = Path(os.environ.get("KALSHI_DATA_TEST_TMP", tempfile.gettempdir()))
 BACKENDS = ("postgres", "timescaledb")
 _TS_ENV = os.environ.get("KALSHI_DATA_TIMESCALEDB", "auto").strip().lower()
