@@ -239,6 +239,8 @@ async def copy_in(
 async def _writable(conn: asyncpg.Connection) -> None:
     """Return once ``conn``'s transport is not paused for writing; raise
     ConnectionDoesNotExistError if the connection is lost first."""
+    if conn.is_closed():  # terminated or aborted: asyncpg has dropped its protocol already
+        raise asyncpg.ConnectionDoesNotExistError("connection lost before COPY started")
     allowed: asyncio.Event = conn._protocol.writing_allowed  # asyncpg internals: see copy_in
     if allowed.is_set():
         return
