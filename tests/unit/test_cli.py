@@ -8,6 +8,7 @@ the garbage collector and installs signal handlers, which must not touch this te
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import socket
@@ -65,6 +66,22 @@ def test_parser_routes_migrate_and_create_user() -> None:
         ["create-user", "--dsn", "d", "--role", "auditor", "--user", "al", "--password-file", "f"]
     )
     assert (u.role, u.user, u.password_file, u.func) == ("auditor", "al", "f", cli._create_user)
+
+
+def test_create_user_offers_every_role_users_knows() -> None:
+    """The gatherer bootstrap (infra/scripts/gatherer-bootstrap.sh) creates a ``retention``
+    user: the parser refused that role until its list was checked against ``users.ROLES``."""
+    from kalshi_data.users import ROLES
+
+    parser = cli.build_parser()
+    for role in ROLES:
+        args = parser.parse_args(
+            ["create-user", "--dsn", "d", "--role", role, "--user", "u", "--password-file", "f"]
+        )
+        assert args.role == role
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    role_action = next(a for a in sub.choices["create-user"]._actions if a.dest == "role")
+    assert set(role_action.choices or ()) == set(ROLES)
 
 
 @pytest.mark.parametrize(
