@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from kalshi_data import pgcluster
 from kalshi_data.migrate import migrate
-from kalshi_data.pgcluster import PgCluster
 from simulator import SimConfig, Simulator
 
 #: The type of the ``start_simulator`` fixture.
@@ -38,7 +38,7 @@ def gatherer_dsn(fresh_db: str) -> str:
 
 
 @pytest.fixture
-def own_gatherer_dsn(pg_cluster: PgCluster) -> str:
+def own_gatherer_dsn(pg_cluster: pgcluster.PgCluster) -> str:
     """Database ``g1`` on the test's own cluster (safe to kill -9), migrated to the gatherer
     schema; its superuser DSN."""
     dsn = pg_cluster.create_database("g1")

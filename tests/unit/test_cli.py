@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kalshi_data import cli
-from kalshi_data.pgcluster import PgCluster
+from kalshi_data import cli, pgcluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "TopSecret9-never-printed"
@@ -141,7 +140,7 @@ def test_delegated_subcommand_gets_the_rest_of_the_line() -> None:
 
 
 def test_migrate_applies_then_is_current_then_refuses_the_other_target(
-    shared_pg: PgCluster, capsys: pytest.CaptureFixture[str]
+    shared_pg: pgcluster.PgCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = f"cli_{os.getpid()}"
     dsn = shared_pg.create_database(name)
@@ -199,7 +198,7 @@ def test_create_user_unreachable_database_prints_neither_password(
 
 
 def test_create_user_then_log_in(
-    shared_pg: PgCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_pg: pgcluster.PgCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import psycopg
 
