@@ -44,13 +44,18 @@ DELEGATED: dict[str, tuple[str, str]] = {
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from kalshi_data.migrate import MigrationError, migrate  # noqa: PLC0415 (fast CLI start)
+    import psycopg  # noqa: PLC0415 (fast CLI start)
+
+    from kalshi_data.migrate import MigrationError, migrate  # noqa: PLC0415
 
     try:
         applied = migrate(args.dsn, args.target)
     except MigrationError as exc:
         print(f"kalshi-data migrate: error: {describe_error(exc)}", file=sys.stderr)
         return 2
+    except psycopg.Error as exc:  # the database is unreachable or refused us: not a traceback
+        print(f"kalshi-data migrate: error: {describe_error(exc)}", file=sys.stderr)
+        return 1
     if applied:
         for name in applied:
             print(f"applied {args.target}/{name}")
@@ -60,6 +65,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _create_user(args: argparse.Namespace) -> int:
+    import psycopg  # noqa: PLC0415 (fast CLI start)
+
     from kalshi_data.tools.users import UserError, create_user, read_password_file  # noqa: PLC0415
 
     try:
@@ -67,8 +74,20 @@ def _create_user(args: argparse.Namespace) -> int:
     except (UserError, OSError) as exc:
         print(f"kalshi-data create-user: error: {describe_error(exc)}", file=sys.stderr)
         return 2
+    except psycopg.Error as exc:  # the database is unreachable or refused us: not a traceback
+        print(f"kalshi-data create-user: error: {describe_error(exc)}", file=sys.stderr)
+        return 1
     print(f"user {args.user} is a member of {args.role}")
     return 0
+
+
+class _RefusePassword(argparse.Action):
+    """``--password VALUE``: refused without echoing the value. Without it argparse took the
+    flag as an abbreviation of ``--password-file`` and then printed the password as a missing
+    file's name; an unknown flag's error would print it too."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        parser.error("--password is not accepted (it would show in ps): use --password-file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("target", choices=["gatherer", "production"])
     m.add_argument("--dsn", required=True, help="libpq DSN of the database to migrate")
     m.set_defaults(func=_migrate)
-    u = sub.add_parser("create-user", help="create a login user in one of the project's roles")
+    u = sub.add_parser(
+        "create-user", help="create a login user in one of the project's roles", allow_abbrev=False
+    )
     u.add_argument("--dsn", required=True)
     u.add_argument(
         "--role",
@@ -91,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
             "exporter",
             "analyst",
             "auditor",
-        ],
+            "retention",
+        ],  # users.ROLES, spelled out to keep the CLI's start fast (a unit test compares them)
     )
     u.add_argument("--user", required=True)
     u.add_argument("--password-file", required=True, help="file whose first line is the password")
+    u.add_argument("--password", action=_RefusePassword, help=argparse.SUPPRESS)
     u.set_defaults(func=_create_user)
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -20,8 +20,13 @@ from typing import Any
 
 import pytest
 
+from kalshi_data.migrate import Target, migrate
 from kalshi_data.testing import pgcluster
 from kalshi_data.testing.pgcluster import PgCluster
+
+#: asyncio's reports of lost work (never-retrieved exceptions, unawaited coroutines) fail the
+#: test that lost them: tests/loopguard.py.
+pytest_plugins = ["tests.loopguard"]
 
 _ROOT = Path(os.environ.get("KALSHI_DATA_TEST_TMP", tempfile.gettempdir()))
 BACKENDS = ("postgres", "timescaledb")
@@ -187,3 +192,43 @@ def fresh_db(gatherer_shared_pg: PgCluster) -> Iterator[str]:
     dsn = gatherer_shared_pg.create_database(name)
     yield dsn
     gatherer_shared_pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_migrated: dict[str, str] = {}
+
+
+def _migrated_template(cluster: PgCluster, target: Target) -> str:
+    """The name of a database on ``cluster`` migrated to ``target`` once per session, which
+    new databases are copied from (CREATE DATABASE ... TEMPLATE: milliseconds, not a migration
+    run per test)."""
+    key = f"{cluster.base}:{target}"
+    if key not in _migrated:
+        name = f"tmpl_{target}_{os.getpid()}"
+        cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        migrate(cluster.create_database(name), target)
+        _migrated[key] = name
+    return _migrated[key]
+
+
+def _copied_db(cluster: PgCluster, target: Target) -> Iterator[str]:
+    global _db_counter
+    _db_counter += 1
+    name = f"m{os.getpid()}_{_db_counter}"
+    template = _migrated_template(cluster, target)
+    cluster.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield cluster.dsn(name)
+    cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def production_db(shared_pg: PgCluster) -> Iterator[str]:
+    """A new database migrated to the production schema (plain PostgreSQL, shared cluster);
+    returns its superuser DSN."""
+    yield from _copied_db(shared_pg, "production")
+
+
+@pytest.fixture
+def gatherer_plain_db(shared_pg: PgCluster) -> Iterator[str]:
+    """A new database migrated to the gatherer schema (plain PostgreSQL, shared cluster);
+    returns its superuser DSN (tests of both gatherer backends: ``migrated_fresh_db``)."""
+    yield from _copied_db(shared_pg, "gatherer")

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,22 +15,17 @@ import pytest
 
 from kalshi_data.config import load_config
 from kalshi_data.kalshi.rest import KalshiRest
-from kalshi_data.migrate import migrate
 from kalshi_data.resilience import RetryPolicy
 from kalshi_data.tools import audit as a
-from simulator import SimConfig, Simulator
+from simulator import Simulator
+from tests.integration.conftest import StartSimulator
 
 WINDOW_S = 60
 
 
 @pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
-    s = Simulator(SimConfig(seed=3, markets=20, rate=400, workdir=tmp_path, rest_tokens_per_s=0))
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
+async def sim(start_simulator: StartSimulator) -> Simulator:
+    return await start_simulator(seed=3, markets=20, rate=400, rest_tokens_per_s=0)
 
 
 def _cfg(dsn: str, rest_url: str, **extra: Any) -> a.AuditConfig:
@@ -82,18 +75,17 @@ class _FailAfterFirstPage(KalshiRest):
 
 
 async def test_dry_run_then_outage_mid_window_resumes_from_the_watermark(
-    sim: Simulator, fresh_db: str
+    sim: Simulator, prod_db: str
 ) -> None:
     """Dry run writes nothing; a 503 after page one leaves the window pending at its watermark;
     the next run continues there and every exchange trade is counted and backfilled once."""
-    migrate(fresh_db, "production")
     left = WINDOW_S - time.time() % WINDOW_S
     if left < 5:  # too little of this minute left to trade in: use the next one
         await asyncio.sleep(left + 0.1)
     start = a.window_floor(time.time(), WINDOW_S)
     await _trades_in(sim, start, 35)
     sim.pause()
-    cfg = _cfg(fresh_db, sim.rest_url)
+    cfg = _cfg(prod_db, sim.rest_url)
     exchange = {
         t.msg["trade_id"]
         for t in sim.exchange.trades
@@ -102,15 +94,15 @@ async def test_dry_run_then_outage_mid_window_resumes_from_the_watermark(
     now = start + WINDOW_S + 1.0
     dry = await a.run_audit(cfg, now=now, since=start, until=start + 1, dry_run=True)
     assert dry.windows[0].tally.totals()["backfilled"] == len(exchange)
-    assert _count(fresh_db, "SELECT count(*) FROM trades") == 0
-    assert _count(fresh_db, "SELECT count(*) FROM audit_windows") == 0
+    assert _count(prod_db, "SELECT count(*) FROM trades") == 0
+    assert _count(prod_db, "SELECT count(*) FROM audit_windows") == 0
 
     sim.rest.faults.pending_429 = 1000  # a 429 storm longer than the retry budget
     stormed = await a.run_audit(cfg, now=now, since=start, until=start + 1)
     assert not stormed.complete
     assert stormed.pending_error is not None
     assert "429" in stormed.pending_error
-    with psycopg.connect(fresh_db) as c:
+    with psycopg.connect(prod_db) as c:
         assert c.execute("SELECT status, attempts, pages FROM audit_windows").fetchall() == [
             ("pending", 1, 0)
         ]
@@ -126,7 +118,7 @@ async def test_dry_run_then_outage_mid_window_resumes_from_the_watermark(
                 await a.audit_window(conn, rest, cfg, start, peers=["g1"])
     finally:
         await conn.close()
-    with psycopg.connect(fresh_db) as c:
+    with psycopg.connect(prod_db) as c:
         status, pages, watermark, seen = c.execute(
             "SELECT status, pages, watermark, exchange_trades FROM audit_windows "
             "WHERE window_start = to_timestamp(%s)",
@@ -136,12 +128,12 @@ async def test_dry_run_then_outage_mid_window_resumes_from_the_watermark(
     assert pages == 1
     assert watermark
     assert 0 < seen <= 10
-    assert _count(fresh_db, "SELECT count(*) FROM trades") == seen
+    assert _count(prod_db, "SELECT count(*) FROM trades") == seen
 
     sim.rest.faults.pending_5xx = 0
     run = await a.run_audit(cfg, now=now)
     assert run.complete, run.as_dict()
-    with psycopg.connect(fresh_db) as c:
+    with psycopg.connect(prod_db) as c:
         row = c.execute(
             "SELECT status, exchange_trades, backfilled, live_trades FROM audit_windows "
             "WHERE window_start = to_timestamp(%s)",
@@ -156,14 +148,13 @@ def _at(base: datetime, s: float) -> datetime:
     return base + timedelta(seconds=s)
 
 
-async def test_uncovered_gap_windows_match_known_holes(sim: Simulator, fresh_db: str) -> None:
+async def test_uncovered_gap_windows_match_known_holes(sim: Simulator, prod_db: str) -> None:
     """A market where all three gatherers were in a gap at once gets one uncovered window (from
     the last gap's start to the next snapshot); a market one gatherer covered gets none."""
-    migrate(fresh_db, "production")
     sim.pause()
     start = a.window_floor(time.time(), 3600) - 2 * 3600  # an hour the simulator never traded
     base = datetime.fromtimestamp(start, UTC)
-    with psycopg.connect(fresh_db) as c:
+    with psycopg.connect(prod_db) as c:
         for g in ("g1", "g2", "g3"):
             c.execute(
                 "INSERT INTO sync_cursors (gatherer_id, table_name) VALUES (%s, 'trades')", (g,)
@@ -200,10 +191,10 @@ async def test_uncovered_gap_windows_match_known_holes(sim: Simulator, fresh_db:
             "VALUES ('M-A', %s, 'ws', '{}', '{}', '{}', '{}', 1, false, now(), 'g2')",
             (_at(base, 120),),
         )
-    cfg = _cfg(fresh_db, sim.rest_url, window_s=3600, lookback_s=3 * 3600)
+    cfg = _cfg(prod_db, sim.rest_url, window_s=3600, lookback_s=3 * 3600)
     run = await a.run_audit(cfg, now=start + 3600 + 1, since=start, until=start + 1)
     assert run.complete, run.as_dict()
-    with psycopg.connect(fresh_db) as c:
+    with psycopg.connect(prod_db) as c:
         rows = c.execute(
             "SELECT ticker, uncovered_gaps, uncovered_gap_s, exchange_trades FROM coverage "
             "ORDER BY ticker"
@@ -213,13 +204,12 @@ async def test_uncovered_gap_windows_match_known_holes(sim: Simulator, fresh_db:
     assert rows == [("M-A", 1, 10.0, 0), ("M-C", 1, 1600.0, 0)]
 
 
-async def test_one_audit_run_at_a_time(sim: Simulator, fresh_db: str) -> None:
+async def test_one_audit_run_at_a_time(sim: Simulator, prod_db: str) -> None:
     """While another session holds the audit's lock, a run plans and writes nothing."""
-    migrate(fresh_db, "production")
-    cfg = _cfg(fresh_db, sim.rest_url)
-    with psycopg.connect(fresh_db, autocommit=True) as holder:
+    cfg = _cfg(prod_db, sim.rest_url)
+    with psycopg.connect(prod_db, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(hashtext('kalshi_data.audit'))")
         run = await a.run_audit(cfg, now=time.time())
         assert not run.complete
         assert run.pending_error == "another audit run holds the lock"
-        assert _count(fresh_db, "SELECT count(*) FROM audit_windows") == 0
+        assert _count(prod_db, "SELECT count(*) FROM audit_windows") == 0

@@ -10,8 +10,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,24 +18,19 @@ from aiohttp import web
 
 from kalshi_data.config import load_config
 from kalshi_data.kalshi.rest import KalshiRest
-from kalshi_data.migrate import migrate
 from kalshi_data.resilience import RetryPolicy
 from kalshi_data.tools import audit as a
-from simulator import SimConfig, Simulator
+from simulator import Simulator
 from simulator.rest import trade_obj
+from tests.integration.conftest import StartSimulator
 
 WINDOW_S = 60
 LIMIT = 10
 
 
 @pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
-    s = Simulator(SimConfig(seed=5, markets=20, rate=1500, workdir=tmp_path, rest_tokens_per_s=0))
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
+async def sim(start_simulator: StartSimulator) -> Simulator:
+    return await start_simulator(seed=5, markets=20, rate=1500, rest_tokens_per_s=0)
 
 
 def _cfg(dsn: str, rest_url: str) -> a.AuditConfig:
@@ -106,9 +99,8 @@ def _window_count(dsn: str) -> int:
 
 
 async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
-    sim: Simulator, fresh_db: str
+    sim: Simulator, prod_db: str
 ) -> None:
-    migrate(fresh_db, "production")
     left = WINDOW_S - time.time() % WINDOW_S
     if left < 25:  # too little of this minute left to trade in: use the next one
         await asyncio.sleep(left + 0.1)
@@ -128,7 +120,7 @@ async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
     c1_to_c2 = {t.msg["trade_id"] for t in trades if c1 <= t.created_us < c2}
     assert len(before_c1) >= 8
     assert len(c1_to_c2) >= 3 * LIMIT
-    cfg = _cfg(fresh_db, sim.rest_url)
+    cfg = _cfg(prod_db, sim.rest_url)
     now = start + WINDOW_S + 1.0
 
     # Run 1: the historical part is read, then one live page; then the exchange fails.
@@ -146,14 +138,14 @@ async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
         assert a.HISTORICAL_TRADES_PATH in rest.paths
     finally:
         await conn.close()
-    status, pages, watermark, seen, backfilled, live, missing = _window(fresh_db, start)
+    status, pages, watermark, seen, backfilled, live, missing = _window(prod_db, start)
     assert pages == rest.paths.count(a.HISTORICAL_TRADES_PATH) + 1
     split1 = a.split_window(start, start + WINDOW_S, c1)[0]
     assert status == "pending"
     assert watermark.startswith(f"live|{split1}|"), watermark
     assert not watermark.endswith("|"), watermark  # a cursor inside the live part
     assert seen == backfilled == len(before_c1) + LIMIT  # all historical, one live page
-    assert set(_trade_ids(fresh_db)) >= before_c1
+    assert set(_trade_ids(prod_db)) >= before_c1
 
     # The cutoff moves into the window's live part; the pending window must not resume its
     # live cursor (the trades between c1 and c2 have left that listing): it starts over.
@@ -162,8 +154,8 @@ async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
     run = await a.run_audit(cfg, now=now)
     assert run.complete, run.as_dict()
     assert run.planned == 1
-    assert _window_count(fresh_db) == 1
-    status, _pages, watermark, seen, backfilled, live, missing = _window(fresh_db, start)
+    assert _window_count(prod_db) == 1
+    status, _pages, watermark, seen, backfilled, live, missing = _window(prod_db, start)
     assert (status, watermark, seen, backfilled, live, missing) == (
         "done",
         None,
@@ -172,10 +164,10 @@ async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
         0,
         0,
     )
-    ids = _trade_ids(fresh_db)
+    ids = _trade_ids(prod_db)
     assert set(ids) == truth
     assert max(ids.values()) == 1
-    with psycopg.connect(fresh_db) as c:
+    with psycopg.connect(prod_db) as c:
         cov: dict[str, int] = dict(
             c.execute(
                 "SELECT ticker, exchange_trades FROM coverage WHERE window_start = "
@@ -189,7 +181,7 @@ async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
     again = await a.run_audit(cfg, now=now)
     assert again.planned == 0
     assert again.complete
-    assert _trade_ids(fresh_db) == ids
+    assert _trade_ids(prod_db) == ids
 
     # A re-audit during which the cutoff moves past the whole window: the window is read
     # again with the new split in the same run, still each trade once, nothing inserted.
@@ -211,16 +203,15 @@ async def test_window_across_the_cutoff_stays_exact_while_the_cutoff_moves(
         "missing_after": 0,
     }
     assert rest.paths.count(a.CUTOFF_PATH) == 3  # first, moved, confirmed
-    assert _window(fresh_db, start)[3:] == (len(truth), len(truth), 0, 0)
-    assert _trade_ids(fresh_db) == ids
+    assert _window(prod_db, start)[3:] == (len(truth), len(truth), 0, 0)
+    assert _trade_ids(prod_db) == ids
 
 
 async def test_an_exchange_without_the_historical_api_is_read_live(
-    fresh_db: str, caplog: pytest.LogCaptureFixture
+    prod_db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A 404 for ``/historical/cutoff`` (an older API, a stub) means no partition: logged once,
     every window paged from ``/markets/trades`` only, the cutoff not asked again."""
-    migrate(fresh_db, "production")
     start = a.window_floor(time.time(), WINDOW_S) - 10 * WINDOW_S
     tid = "7b1e1f46-8a5c-4c59-9d5a-0b8e6b2c9b11"
     msg = {
@@ -254,7 +245,7 @@ async def test_an_exchange_without_the_historical_api_is_read_live(
     await site.start()
     try:
         port = runner.addresses[0][1]
-        cfg = _cfg(fresh_db, f"http://127.0.0.1:{port}/trade-api/v2")
+        cfg = _cfg(prod_db, f"http://127.0.0.1:{port}/trade-api/v2")
         with caplog.at_level(logging.INFO, logger="kalshi_data.audit"):
             run = await a.run_audit(cfg, now=start + 2 * WINDOW_S + 1, since=start - WINDOW_S)
     finally:
@@ -264,8 +255,8 @@ async def test_an_exchange_without_the_historical_api_is_read_live(
     assert asked.count("/trade-api/v2" + a.CUTOFF_PATH) == 1
     assert a.HISTORICAL_TRADES_PATH not in {p.removeprefix("/trade-api/v2") for p in asked}
     assert sum(1 for r in caplog.records if "no historical partition" in r.getMessage()) == 1
-    assert set(_trade_ids(fresh_db)) == {tid}
-    assert _window(fresh_db, start)[:4] == ("done", 1, None, 1)
+    assert set(_trade_ids(prod_db)) == {tid}
+    assert _window(prod_db, start)[:4] == ("done", 1, None, 1)
 
 
 pytestmark = pytest.mark.timeout(180)

@@ -9,7 +9,6 @@ from tests.integration.gatherer_support import (
     assert_truth,
     config_data,
     gatherer,
-    gatherer_db,
     query,
     quiesce,
     simulator,
@@ -20,9 +19,9 @@ from tests.integration.gatherer_support import (
 pytestmark = pytest.mark.both_backends
 
 
-async def test_capture_equals_truth(fresh_db, tmp_path):
+async def test_capture_equals_truth(gatherer_dsn, tmp_path):
     """Trades, deltas (k keeps identical ones apart), tickers and lifecycle equal the truth."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     async with (
         simulator(tmp_path, rate=1500.0, lifecycle_share=0.01) as sim,
         gatherer(config_data(sim, dsn, tmp_path, snapshot_interval_s=1)) as run,

@@ -15,7 +15,6 @@ from tests.integration.gatherer_support import (
     assert_truth,
     config_data,
     gatherer,
-    gatherer_db,
     query,
     quiesce,
     simulator,
@@ -26,8 +25,9 @@ from tests.integration.gatherer_support import (
 pytestmark = pytest.mark.both_backends
 
 
-async def _crash_run(cluster: PgCluster, tmp_path, *, outage_s: float, rate: float) -> None:
-    dsn = gatherer_db(cluster.create_database("g1"))
+async def _crash_run(
+    cluster: PgCluster, dsn: str, tmp_path, *, outage_s: float, rate: float
+) -> None:
     async with (
         simulator(tmp_path, rate=rate, markets=40, lifecycle_share=0.005) as sim,
         gatherer(config_data(sim, dsn, tmp_path, snapshot_interval_s=1)) as run,
@@ -64,22 +64,24 @@ async def _crash_run(cluster: PgCluster, tmp_path, *, outage_s: float, rate: flo
     assert_truth(dsn, tmp_path / "truth.jsonl")
 
 
-async def test_local_db_kill9_brief(pg_cluster, tmp_path):
+async def test_local_db_kill9_brief(pg_cluster, own_gatherer_dsn, tmp_path):
     """A few seconds of local-DB outage: spooled, replayed, exactly the truth."""
-    await _crash_run(pg_cluster, tmp_path, outage_s=3.0, rate=1500.0)
+    await _crash_run(pg_cluster, own_gatherer_dsn, tmp_path, outage_s=3.0, rate=1500.0)
 
 
 @pytest.mark.chaos
-async def test_local_db_kill9_30s(pg_cluster, tmp_path):
+async def test_local_db_kill9_30s(pg_cluster, own_gatherer_dsn, tmp_path):
     """Thirty seconds of local-DB outage at a higher rate: still exactly the truth."""
-    await _crash_run(pg_cluster, tmp_path, outage_s=30.0, rate=4000.0)
+    await _crash_run(pg_cluster, own_gatherer_dsn, tmp_path, outage_s=30.0, rate=4000.0)
 
 
-async def test_spool_full_stops_reading_then_reconnects_with_gaps(pg_cluster, tmp_path):
+async def test_spool_full_stops_reading_then_reconnects_with_gaps(
+    pg_cluster, own_gatherer_dsn, tmp_path
+):
     """Local DB down and a tiny spool bound: the gatherer closes its WebSockets (health:
     spool_full), reconnects once the DB drained the spool, records the missed window as gap
     rows, and stores every row it accepted exactly once; loss only inside the gap windows."""
-    dsn = gatherer_db(pg_cluster.create_database("g1"))
+    dsn = own_gatherer_dsn
     bound = 256 * 1024
     async with (
         simulator(tmp_path, rate=1500.0, markets=30, lifecycle_share=0.0) as sim,
@@ -181,11 +183,13 @@ async def test_spool_full_stops_reading_then_reconnects_with_gaps(pg_cluster, tm
         assert after[table].expected > 0
 
 
-async def test_local_db_down_at_start_waits_then_starts(pg_cluster, tmp_path, caplog):
+async def test_local_db_down_at_start_waits_then_starts(
+    pg_cluster, own_gatherer_dsn, tmp_path, caplog
+):
     """The start-up checks retry through the Supervisor while the local DB is down: a stop
     during the wait ends the run at once (the backoff sleep is interrupted), and when the
     database comes back the gatherer starts and writes."""
-    dsn = gatherer_db(pg_cluster.create_database("g1"))
+    dsn = own_gatherer_dsn
     await asyncio.to_thread(pg_cluster.stop)
     retries = "local database not reachable at start"
     try:

@@ -14,7 +14,6 @@ from simulator.server import Simulator
 from tests.integration.gatherer_support import (
     config_data,
     gatherer,
-    gatherer_db,
     query,
     quiesce,
     simulator,
@@ -61,9 +60,9 @@ def markets_of_sid(service: Any, sid: int) -> set[str]:
     raise AssertionError(f"sid {sid} unknown to the gatherer")
 
 
-async def test_seq_gap_loses_exactly_the_skipped_frames(fresh_db, tmp_path):
+async def test_seq_gap_loses_exactly_the_skipped_frames(gatherer_dsn, tmp_path):
     """A seq gap: gap row names sid and range, resync recovers, only skipped frames missing."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     async with (
         simulator(tmp_path, rate=800.0, markets=20, lifecycle_share=0.0) as sim,
         gatherer(config_data(sim, dsn, tmp_path)) as run,
@@ -114,9 +113,9 @@ async def test_seq_gap_loses_exactly_the_skipped_frames(fresh_db, tmp_path):
     assert dead[0][0] == "ws"
 
 
-async def test_terminal_errors_and_drops_recover(fresh_db, tmp_path):
+async def test_terminal_errors_and_drops_recover(gatherer_dsn, tmp_path):
     """Error 25/10 resubscribe, a dropped connection reconnects; nothing doubled, loss bounded."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     async with (
         simulator(tmp_path, rate=800.0, markets=20, lifecycle_share=0.0) as sim,
         gatherer(config_data(sim, dsn, tmp_path)) as run,
@@ -186,11 +185,11 @@ async def test_terminal_errors_and_drops_recover(fresh_db, tmp_path):
 
 
 async def test_clean_close_and_abort_both_reconnect_only_the_abort_warns(
-    fresh_db, tmp_path, caplog: pytest.LogCaptureFixture
+    gatherer_dsn, tmp_path, caplog: pytest.LogCaptureFixture
 ):
     """The reconnect supervisor: a clean server close (1001) and an abort both reconnect and
     resubscribe (reconnect gaps recovered); only the abort is a 'connection failed' warning."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     caplog.set_level(logging.INFO, logger="gatherer.connections")
     async with (
         simulator(tmp_path, markets=10) as sim,
@@ -222,9 +221,9 @@ async def test_clean_close_and_abort_both_reconnect_only_the_abort_warns(
     assert rows.count(("recovered", "reconnect")) >= 2
 
 
-async def test_rest_429_burst_and_quiet_markets(fresh_db, tmp_path):
+async def test_rest_429_burst_and_quiet_markets(gatherer_dsn, tmp_path):
     """A 429 burst at start is retried through the bucket; silence never kills a connection."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     async with simulator(tmp_path, markets=30) as sim:
         await admin(sim, "POST", "rest_faults", {"status": 429, "count": 8})
         async with gatherer(config_data(sim, dsn, tmp_path, snapshot_interval_s=1)) as run:
@@ -257,9 +256,9 @@ async def test_rest_429_burst_and_quiet_markets(fresh_db, tmp_path):
     assert query(dsn, "SELECT count(*) FROM gaps")[0][0] == 0
 
 
-async def test_dead_peer_detected_by_ping_timeout(fresh_db, tmp_path):
+async def test_dead_peer_detected_by_ping_timeout(gatherer_dsn, tmp_path):
     """A peer that stops answering pings is dropped by ping/pong liveness and reconnected."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     async with (
         simulator(tmp_path, markets=10) as sim,
         gatherer(config_data(sim, dsn, tmp_path, connections=1)) as run,
@@ -278,10 +277,10 @@ async def test_dead_peer_detected_by_ping_timeout(fresh_db, tmp_path):
     assert ("recovered", "reconnect") in rows
 
 
-async def test_market_limit_error_26_splits_subscriptions(fresh_db, tmp_path):
+async def test_market_limit_error_26_splits_subscriptions(gatherer_dsn, tmp_path):
     """The exchange caps markets per subscription below ours: every market still ends up in
     exactly one order-book subscription, and the capture is exact."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     async with (
         simulator(tmp_path, markets=30, max_markets_per_sub=4, rate=600.0) as sim,
         gatherer(config_data(sim, dsn, tmp_path, markets_per_subscription=10)) as run,

@@ -15,7 +15,6 @@ from kalshi_data.testing.truth import compare
 from kalshi_data.tools.users import create_user
 from tests.integration.gatherer_support import (
     config_data,
-    gatherer_db,
     gatherer_process,
     query,
     simulator,
@@ -61,9 +60,9 @@ def sim_subscribed(sim, markets: set[str]) -> bool:
     )
 
 
-async def test_sigterm_mid_burst_loses_nothing(fresh_db, tmp_path):
+async def test_sigterm_mid_burst_loses_nothing(gatherer_dsn, tmp_path):
     """SIGTERM during a burst: exit 0, and the DB holds exactly what the process received."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     port = free_port()
     async with simulator(tmp_path, rate=4000.0, markets=40, lifecycle_share=0.0) as sim:
         data = config_data(sim, writer_dsn(dsn), tmp_path, http={"listen": f"127.0.0.1:{port}"})
@@ -136,9 +135,9 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
     assert "'kalshi.private_key_file'" in (tmp_path / "log").read_text()
 
 
-async def test_refuses_timescaledb_without_preload(fresh_db, tmp_path):
+async def test_refuses_timescaledb_without_preload(gatherer_dsn, tmp_path):
     """Extension installed but not preloaded (DESIGN §3a): exit 1 before writing anything."""
-    dsn = gatherer_db(fresh_db)
+    dsn = gatherer_dsn
     # TimescaleDB is not installable here: make the definer function report that state.
     query(
         dsn,
