@@ -88,7 +88,9 @@ async def copy_records(
 
 async def _guarded(conn: Any, copy: Callable[[], Awaitable[T]]) -> T:
     if conn.is_closed():
-        return await copy()  # asyncpg's own "connection is closed" (no protocol to guard)
+        # A terminated connection has no protocol: asyncpg itself would fail with
+        # AttributeError, which no classifier reads as a lost connection.
+        raise asyncpg.ConnectionDoesNotExistError("connection is closed: COPY not started")
     protocol = conn._protocol  # asyncpg internals: see the module docstring
     await _writable(conn)
 
