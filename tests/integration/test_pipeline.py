@@ -49,6 +49,12 @@ def _traffic_flowed(cluster: lc.LocalCluster, conn_sids: list[tuple[int, int]], 
     )
 
 
+def _events(cluster: lc.LocalCluster, kind: str | None = None) -> Any:
+    """The simulator's count of events emitted, by frame type (or of one type)."""
+    events = {"orderbook_delta": 0, "trade": 0, **lc.admin(cluster, "stats")["events"]}
+    return events if kind is None else int(events.get(kind, 0))
+
+
 def _rows_written(cluster: lc.LocalCluster) -> float:
     return sum(
         _metric(s, "gatherer_rows_written_total") for s in cluster.gatherer_services().values()
@@ -88,6 +94,7 @@ def test_different_holes_and_a_killed_deduplicator(gatherer_backend: str) -> Non
         # The cut: pause activity, wait until production has everything, snapshot it.
         lc.admin(cluster, "pause", {})
         cut = int(lc.admin(cluster, "truth_flush", {})["truth_lines"])
+        at_cut = _events(cluster)
         lc.wait_settled(cluster, 90)
         before_rows = database_identities(prod)
         lc.admin(cluster, "resume", {})
@@ -118,6 +125,15 @@ def test_different_holes_and_a_killed_deduplicator(gatherer_backend: str) -> Non
         lc.wait_for(lambda: _rows_written(cluster) >= written + 200, 30, "rows written meanwhile")
         dedup.start()
         assert lc.wait_drained(cluster, 90), "the restarted deduplicator did not catch up live"
+        # Enough traffic after the cut for the comparison to mean something (asserted below).
+        lc.wait_for(
+            lambda: (
+                _events(cluster, "orderbook_delta") >= at_cut["orderbook_delta"] + 1500
+                and _events(cluster, "trade") >= at_cut["trade"] + 80
+            ),
+            60,
+            "1,500 deltas and 80 trades since the cut",
+        )
 
         lc.admin(cluster, "pause", {})
         lc.admin(cluster, "truth_flush", {})
