@@ -10,7 +10,6 @@ The simulator stamps ``ts_ms`` from the same clock, so the figure is the pipelin
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from kalshi_data.tools import demo as d
+from kalshi_data.testing import cluster as lc
 
 RATE = float(os.environ.get("KD_BENCH_RATE", "2000"))
 SECONDS = float(os.environ.get("KD_BENCH_SECONDS", "40"))
@@ -38,19 +37,18 @@ def main() -> None:
     """Run the pipeline at RATE for SECONDS and print latency percentiles."""
     workdir = Path(tempfile.mkdtemp(prefix="kd-bench-e2e-"))
     (workdir / "logs").mkdir()
-    demo = d.Demo(workdir)
-    args = argparse.Namespace(seed=11, markets=500, rate=RATE)
+    demo = lc.LocalCluster(workdir)
     try:
-        prod_dsn, gatherers = d._setup_databases(
+        prod_dsn, gatherers = lc.setup_databases(
             demo, 3, prod_settings={"track_commit_timestamp": "on"}
         )
-        d._start_simulator(demo, args)
-        d._start_gatherers(demo, gatherers)
-        d._start_dedup(demo, prod_dsn, gatherers)
+        lc.start_simulator(demo, seed=11, markets=500, rate=RATE)
+        lc.start_gatherers(demo, gatherers)
+        lc.start_dedup(demo, prod_dsn, gatherers)
         start = time.time()
         time.sleep(SECONDS)
         demo.services[0].stop()
-        d._wait_drained(demo, 60)
+        lc.wait_drained(demo, 60)
         dsn = demo.clusters["production"].dsn("kalshi")
         print(
             f"rate {RATE:,.0f} msg/s for {SECONDS:.0f} s, 3 gatherers, latency after "

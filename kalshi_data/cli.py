@@ -42,6 +42,39 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "import": ("kalshi_data.tools.importer", "restore a table's days from the S3 archive"),
 }
 
+#: The optional dependencies (pyproject extras) a subcommand's module may need, and the extra
+#: that holds each; the services need none of them.
+EXTRA_OF_MODULE: dict[str, str] = {
+    "boto3": "aws",
+    "botocore": "aws",
+    "pyarrow": "archive",
+    "rich": "tools",
+}
+#: Subcommands that need more than the module that happened to be missing says.
+EXTRA_OF_COMMAND: dict[str, str] = {"export": "archive", "import": "archive"}
+
+
+def missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
+    """What to install when ``command`` failed for lack of an optional dependency, else None."""
+    top = (exc.name or "").partition(".")[0]
+    if top not in EXTRA_OF_MODULE:
+        return None
+    extra = EXTRA_OF_COMMAND.get(command, EXTRA_OF_MODULE[top])
+    return f"{top} is not installed; this command needs pip install 'kalshi-data[{extra}]'"
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(DELEGATED[command][0])
+        entry: Callable[[list[str]], int] = module.main
+        return entry(argv)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(command, exc)
+        if hint is None:
+            raise
+        print(f"kalshi-data {command}: error: {hint}", file=sys.stderr)
+        return 2
+
 
 def _migrate(args: argparse.Namespace) -> int:
     import psycopg  # noqa: PLC0415 (fast CLI start)
@@ -128,10 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in DELEGATED:
-        module_name = DELEGATED[args_list[0]][0]
-        module = importlib.import_module(module_name)
-        entry: Callable[[list[str]], int] = module.main
-        return entry(args_list[1:])
+        return _delegate(args_list[0], args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     func: Callable[[argparse.Namespace], int] = args.func

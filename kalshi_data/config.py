@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -134,6 +135,12 @@ class _Secrets:
 
     def _fetch(self, secret_id: str, key: str) -> str:
         if secret_id not in self._fetched:
+            if importlib.util.find_spec("boto3") is None:
+                raise ConfigError(
+                    key,
+                    "secretsmanager: references need boto3, which is not installed: "
+                    "pip install 'kalshi-data[aws]'",
+                )
             try:
                 answer = self._secretsmanager().get_secret_value(SecretId=secret_id)
                 text = answer["SecretString"]

@@ -11,8 +11,8 @@
     │                               ResponseTooLarge, BadResponse
     ├── kalshi.rest.RestError       an HTTP exchange failed (fields: status, path, code)
     ├── kalshi.fixedpoint.SubunitPrice (also ValueError): a price finer than 1/10,000 $
-    ├── migrate.MigrationError, pgcluster.PgClusterError, importer.RestoreError,
-    │   users.UserError, demo.DemoError, retention.RetentionError
+    ├── migrate.MigrationError, testing.pgcluster.PgClusterError, testing.cluster.ClusterError,
+    │   tools.importer.RestoreError, tools.users.UserError, tools.retention.RetentionError
     │                               (each also a RuntimeError: callers catch it as one)
     ├── gatherer.errors.GathererError   the gatherer's root (see that module)
     └── deduplicator.errors.DedupError  the deduplicator's root (see that module)

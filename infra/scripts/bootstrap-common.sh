@@ -47,22 +47,24 @@ install_ssm_agent() {
 }
 
 install_app() {
-  # Exactly the wheel this repository builds (scripts/build-release.sh), from the stack's own
-  # artifact bucket, pinned by sha256: APP_WHEEL_S3_URI (s3://bucket/key) and APP_WHEEL_SHA256.
-  # A mismatch stops the bootstrap before anything is installed. Its dependencies come from the
-  # package index within the ranges of pyproject.toml (docs/operations.md, "Supply chain").
+  # install_app [extras]: exactly the wheel this repository builds (scripts/build-release.sh),
+  # from the stack's own artifact bucket, pinned by sha256: APP_WHEEL_S3_URI (s3://bucket/key)
+  # and APP_WHEEL_SHA256. A mismatch stops the bootstrap before anything is installed. Its
+  # dependencies come from the package index within the ranges of pyproject.toml
+  # (docs/operations.md, "Supply chain"), with the optional ones of the extras named (e.g.
+  # "all": the host runs export; the services need none, docs/architecture.md).
   : "${APP_WHEEL_S3_URI:?bootstrap.env lacks APP_WHEEL_S3_URI}" "${APP_WHEEL_SHA256:?bootstrap.env lacks APP_WHEEL_SHA256}"
-  local wheel stamp="$APP/INSTALLED_WHEEL_SHA256"
-  if [ -x "$VENV/bin/kalshi-data" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$APP_WHEEL_SHA256" ]; then
+  local wheel extras="${1:+[$1]}" stamp="$APP/INSTALLED_WHEEL_SHA256"
+  if [ -x "$VENV/bin/kalshi-data" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$APP_WHEEL_SHA256$extras" ]; then
     return 0
   fi
   wheel="/var/tmp/$(basename "$APP_WHEEL_S3_URI")"
   s3_get "$APP_WHEEL_S3_URI" "$wheel"
   echo "$APP_WHEEL_SHA256  $wheel" | sha256sum -c --quiet - || { log "$wheel: checksum mismatch"; exit 1; }
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --force-reinstall --no-cache-dir "$wheel"
+  "$VENV/bin/pip" install -q --force-reinstall --no-cache-dir "$wheel$extras"
   "$VENV/bin/kalshi-data" --help >/dev/null
-  echo "$APP_WHEEL_SHA256" > "$stamp"
+  echo "$APP_WHEEL_SHA256$extras" > "$stamp"
 }
 
 s3_get() {

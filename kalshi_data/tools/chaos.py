@@ -32,7 +32,6 @@ import random
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -44,16 +43,23 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from kalshi_data.migrate import migrate
 from kalshi_data.tables import BY_NAME
+from kalshi_data.testing.cluster import (
+    LocalCluster,
+    Service,
+    gatherer_config,
+    http_get,
+    metrics,
+    start_service,
+    start_simulator,
+)
 from kalshi_data.testing.faultproxy import ProxyThread
 from kalshi_data.testing.pgcluster import PgCluster, free_port
 from kalshi_data.testing.truth import TableDiff, Truth, database_identities, diff, load_truth
-from kalshi_data.tools.demo import Demo, Service, _get, _metrics, _python, _start_simulator
 from kalshi_data.tools.users import create_user
 
 console = Console(stderr=True)
@@ -228,36 +234,13 @@ def _pctl(values: list[float]) -> str:
 
 
 @dataclass
-class EnvService(Service):
-    """A :class:`Service` started with extra environment variables."""
-
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self, *, stdout_pipe: bool = False) -> None:
-        """Launch (or relaunch) with ``env`` added to this process's environment."""
-        if not self.env:
-            super().start(stdout_pipe=stdout_pipe)
-            return
-        if self._out is not None:
-            self._out.close()
-        self._out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE if stdout_pipe else self._out,
-            stderr=self._out,
-            start_new_session=True,
-            env={**os.environ, **self.env},
-        )
-
-
-@dataclass
 class Chaos:
     """The running cluster and what the run measured."""
 
-    demo: Demo
+    demo: LocalCluster
     args: argparse.Namespace
     gatherer_ids: list[str] = field(default_factory=list)
-    gatherers: dict[str, EnvService] = field(default_factory=dict)
+    gatherers: dict[str, Service] = field(default_factory=dict)
     dedups: dict[str, Service] = field(default_factory=dict)
     sim: Service | None = None
     prod_primary: PgCluster | None = None
@@ -279,9 +262,25 @@ class Chaos:
     # -------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Clusters, migrations, users, proxies; then simulator, gatherers, two deduplicators."""
-        wd = self.demo.workdir
         a = self.args
         console.print("[bold]starting PostgreSQL[/]: production + synchronous standby, gatherers")
+        prod_dsn = self._setup_production()
+        sources = [self._setup_gatherer_db(f"g{i + 1}") for i in range(a.gatherers)]
+        if a.timescaledb:
+            rows = self.demo.clusters["g1"].execute(
+                "SELECT count(*) FROM timescaledb_information.hypertables", "kalshi_ts"
+            )
+            console.print(f"TimescaleDB gatherers: {rows[0][0]} hypertables in g1")
+        self.sim = start_simulator(self.demo, seed=a.seed, markets=a.markets, rate=a.rate)
+        for s in sources:
+            self._start_gatherer(s["id"], s["writer"])
+        for name in ("dedup-a", "dedup-b"):
+            self._start_dedup(name, prod_dsn, sources)
+            time.sleep(1.0)  # dedup-a normally wins the first lease
+
+    def _setup_production(self) -> Path:
+        """Production with a synchronous standby, migrated, behind a proxy; its DSN file."""
+        wd = self.demo.workdir
         prod = PgCluster(wd / "pg" / "production").init().start()
         self.demo.clusters["production"] = prod
         prod.create_database("kalshi")
@@ -291,105 +290,63 @@ class Chaos:
         self.prod_primary = prod
         self.prod_standby = prod.create_standby(wd / "pg" / "production-sb1", name="prodsb1")
         self.proxies["prod"] = ProxyThread("127.0.0.1", prod.port)
-        prod_dsn = self.demo.secret_file(
+        return self.demo.secret_file(
             "production-dsn",
             f"postgresql://kd_dedup:{pw}@127.0.0.1:{self.proxies['prod'].port}/kalshi",
         )
-        settings = {"shared_preload_libraries": "'timescaledb'"} if a.timescaledb else None
-        sources: list[dict[str, str]] = []
-        for i in range(a.gatherers):
-            gid = f"g{i + 1}"
-            self.gatherer_ids.append(gid)
-            c = PgCluster(wd / "pg" / gid).init(settings).start()
-            self.demo.clusters[gid] = c
-            c.create_database("kalshi_ts")
-            migrate(c.dsn("kalshi_ts"), "gatherer")
-            wpw, rpw = os.urandom(12).hex(), os.urandom(12).hex()
-            create_user(c.dsn("kalshi_ts"), "gatherer_writer", "kd_gatherer", wpw)
-            create_user(c.dsn("kalshi_ts"), "dedup_reader", "kd_reader", rpw)
-            proxy = ProxyThread("127.0.0.1", c.port)
-            self.proxies[gid] = proxy
-            writer = self.demo.secret_file(f"{gid}-writer", c.dsn("kalshi_ts", "kd_gatherer", wpw))
-            reader = self.demo.secret_file(
-                f"{gid}-reader", f"postgresql://kd_reader:{rpw}@127.0.0.1:{proxy.port}/kalshi_ts"
-            )
-            sources.append({"id": gid, "writer": str(writer), "reader": str(reader)})
-        if a.timescaledb:
-            rows = self.demo.clusters["g1"].execute(
-                "SELECT count(*) FROM timescaledb_information.hypertables", "kalshi_ts"
-            )
-            console.print(f"TimescaleDB gatherers: {rows[0][0]} hypertables in g1")
-        _start_simulator(self.demo, a)
-        self.sim = self.demo.services[0]
-        info = self.demo.sim_info
-        for s in sources:
-            port = free_port()
-            cfg = {
-                "gatherer_id": s["id"],
-                "kalshi": {
-                    "rest_url": info["rest_url"],
-                    "ws_url": info["ws_url"],
-                    "key_id": info["key_id"],
-                    "private_key_file": info["private_key_file"],
-                },
-                "database": {"dsn": f"file:{s['writer']}", "flush_interval_s": 0.02},
-                "spool_dir": str(wd / "spool" / s["id"]),
-                "http": {"listen": f"127.0.0.1:{port}"},
-                "snapshot_interval_s": 60,
-                "log_level": "INFO",
+
+    def _setup_gatherer_db(self, gid: str) -> dict[str, str]:
+        """Gatherer ``gid``'s database, migrated, with a proxy in front of its reader."""
+        wd = self.demo.workdir
+        settings = {"shared_preload_libraries": "'timescaledb'"} if self.args.timescaledb else None
+        self.gatherer_ids.append(gid)
+        c = PgCluster(wd / "pg" / gid).init(settings).start()
+        self.demo.clusters[gid] = c
+        c.create_database("kalshi_ts")
+        migrate(c.dsn("kalshi_ts"), "gatherer")
+        wpw, rpw = os.urandom(12).hex(), os.urandom(12).hex()
+        create_user(c.dsn("kalshi_ts"), "gatherer_writer", "kd_gatherer", wpw)
+        create_user(c.dsn("kalshi_ts"), "dedup_reader", "kd_reader", rpw)
+        proxy = ProxyThread("127.0.0.1", c.port)
+        self.proxies[gid] = proxy
+        writer = self.demo.secret_file(f"{gid}-writer", c.dsn("kalshi_ts", "kd_gatherer", wpw))
+        reader = self.demo.secret_file(
+            f"{gid}-reader", f"postgresql://kd_reader:{rpw}@127.0.0.1:{proxy.port}/kalshi_ts"
+        )
+        return {"id": gid, "writer": str(writer), "reader": str(reader)}
+
+    def _start_gatherer(self, gid: str, writer_dsn_file: str) -> None:
+        """Gatherer ``gid``; under a fake clock when the schedule steps clocks."""
+        cfg = gatherer_config(self.demo, gid, writer_dsn_file, free_port())
+        cfg["database"]["flush_interval_s"] = 0.02
+        env = {}
+        if "gatherer_clock_step" in _kinds(self.args):
+            clock = self.demo.workdir / "clock" / gid
+            clock.parent.mkdir(exist_ok=True)
+            clock.write_text("+0\n")
+            env = {
+                "LD_PRELOAD": str(FAKETIME_LIB),
+                "FAKETIME_TIMESTAMP_FILE": str(clock),
+                "FAKETIME_CACHE_DURATION": "1",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
             }
-            path = wd / f"{s['id']}.yaml"
-            path.write_text(yaml.safe_dump(cfg))
-            env = {}
-            if "gatherer_clock_step" in _kinds(a):
-                clock = wd / "clock" / s["id"]
-                clock.parent.mkdir(exist_ok=True)
-                clock.write_text("+0\n")
-                env = {
-                    "LD_PRELOAD": str(FAKETIME_LIB),
-                    "FAKETIME_TIMESTAMP_FILE": str(clock),
-                    "FAKETIME_CACHE_DURATION": "1",
-                    "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-                }
-            svc = EnvService(
-                s["id"],
-                [_python(), "-m", "gatherer", "--config", str(path)],
-                wd / "logs" / f"{s['id']}.log",
-                health_url=f"http://127.0.0.1:{port}/health",
-                metrics_url=f"http://127.0.0.1:{port}/metrics",
-                env=env,
-            )
-            svc.start()
-            self.demo.services.append(svc)
-            self.gatherers[s["id"]] = svc
-        for name in ("dedup-a", "dedup-b"):
-            port = free_port()
-            cfg = {
-                "instance_id": name,
-                "production": {"dsn": f"file:{prod_dsn}", "statement_timeout_s": 30},
-                "gatherers": [{"id": s["id"], "dsn": f"file:{s['reader']}"} for s in sources],
-                "http": {"listen": f"127.0.0.1:{port}"},
-                "poll_interval_s": 0.5,
-            }
-            path = wd / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(cfg))
-            dedup = Service(
-                name,
-                [_python(), "-m", "deduplicator", "--config", str(path)],
-                wd / "logs" / f"{name}.log",
-                health_url=f"http://127.0.0.1:{port}/health",
-                metrics_url=f"http://127.0.0.1:{port}/metrics",
-            )
-            dedup.start()
-            self.demo.services.append(dedup)
-            self.dedups[name] = dedup
-            time.sleep(1.0)  # dedup-a normally wins the first lease
+        self.gatherers[gid] = start_service(self.demo, gid, "gatherer", cfg, env=env)
+
+    def _start_dedup(self, name: str, prod_dsn: Path, sources: list[dict[str, str]]) -> None:
+        cfg = {
+            "instance_id": name,
+            "production": {"dsn": f"file:{prod_dsn}", "statement_timeout_s": 30},
+            "gatherers": [{"id": s["id"], "dsn": f"file:{s['reader']}"} for s in sources],
+            "http": {"listen": f"127.0.0.1:{free_port()}"},
+            "poll_interval_s": 0.5,
+        }
+        self.dedups[name] = start_service(self.demo, name, "deduplicator", cfg)
 
     # -------------------------------------------------------------------- helpers
     def health(self, svc: Service) -> dict[str, Any]:
         """A service's /health JSON ({} when it does not answer)."""
         try:
-            return dict(json.loads(_get(svc.health_url, 1.0) or "{}"))
+            return dict(json.loads(http_get(svc.health_url, 1.0) or "{}"))
         except ValueError:
             return {}
 
@@ -423,7 +380,7 @@ class Chaos:
         if svc.proc is None or svc.proc.poll() is not None:
             return []
         ports = _socket_ports(svc.proc.pid)
-        raw = _get(f"{self.demo.sim_info['admin_url']}/connections", 2.0)
+        raw = http_get(f"{self.demo.sim_info['admin_url']}/connections", 2.0)
         conns = json.loads(raw or '{"connections": []}')["connections"]
         out = []
         for c in conns:
@@ -436,7 +393,7 @@ class Chaos:
     def rows_written(self) -> dict[str, float]:
         """dedup_rows_written_total of each running deduplicator."""
         return {
-            n: _metrics(s.metrics_url).get("dedup_rows_written_total", -1.0)
+            n: metrics(s.metrics_url).get("dedup_rows_written_total", -1.0)
             for n, s in self.dedups.items()
         }
 
@@ -495,7 +452,7 @@ class Chaos:
         svc = self.gatherers[gid]
 
         def up() -> bool:
-            m = _metrics(svc.metrics_url)
+            m = metrics(svc.metrics_url)
             return m.get("gatherer_ws_connections_up", 0) > 0 and m.get(
                 "gatherer_ws_connections_up", 0
             ) >= m.get("gatherer_ws_connections_configured", 1)
@@ -522,7 +479,7 @@ class Chaos:
         return True
 
     def _spool_drained(self, gid: str) -> bool:
-        m = _metrics(self.gatherers[gid].metrics_url)
+        m = metrics(self.gatherers[gid].metrics_url)
         return m.get("gatherer_database_up", m.get("gatherer_db_up", 1)) >= 1 and (
             m.get("gatherer_spool_bytes", 1) == 0
         )
@@ -774,7 +731,7 @@ class Chaos:
         """Spool bytes per gatherer now (and their peaks)."""
         out = {}
         for gid, svc in self.gatherers.items():
-            v = _metrics(svc.metrics_url).get("gatherer_spool_bytes", 0.0)
+            v = metrics(svc.metrics_url).get("gatherer_spool_bytes", 0.0)
             out[gid] = v
             self.peak_spool[gid] = max(self.peak_spool.get(gid, 0.0), v)
         return out
@@ -983,9 +940,8 @@ def _iter_due(plan: list[Fault], started: float) -> Iterator[Fault]:
         yield f
 
 
-def main(argv: list[str]) -> int:
-    """Run the chaos schedule; exit 0 when production equals the truth, 1 otherwise."""
-    a = build_parser().parse_args(argv)
+def _plan(a: argparse.Namespace) -> list[Fault]:
+    """The seeded schedule, with ``--db-outage``'s kill of g1's database 10 s in."""
     gids = [f"g{i + 1}" for i in range(a.gatherers)]
     plan = make_schedule(a.seed, a.duration, a.faults_per_minute, gids, _kinds(a))
     if a.db_outage:
@@ -993,6 +949,115 @@ def main(argv: list[str]) -> int:
         plan = [
             f for f in plan if f.target != "g1" or f.kind != "gatherer_db_kill9" or f.param == 1
         ]
+    return plan
+
+
+def _progress_line(chaos: Chaos, elapsed: float) -> str:
+    spool = chaos.sample_spool()
+    lead = chaos.leader()
+    spooled = ", ".join(f"{k} {v:,.0f}" for k, v in spool.items())
+    return (
+        f"[{elapsed:6.0f} s] faults done {sum(chaos.done.values())}"
+        f" active {chaos.active} skipped {sum(chaos.skipped.values())} | leader "
+        f"{lead.name if lead else '-'} | spool B {spooled} | failovers "
+        f"{chaos.failovers} | unexpected exits {sum(chaos.unexpected_exits.values())}"
+    )
+
+
+def _run_schedule(chaos: Chaos, plan: list[Fault]) -> list[threading.Thread]:
+    """Inject the faults on time (one thread each) while supervising, until ``--duration`` or
+    a signal; returns the fault threads."""
+    threads: list[threading.Thread] = []
+    started = time.monotonic()
+
+    def scheduler() -> None:
+        for f in _iter_due(plan, started):
+            if chaos.stopping:
+                return
+            t = threading.Thread(target=chaos.run_fault, args=(f,), daemon=True)
+            t.start()
+            threads.append(t)
+
+    threading.Thread(target=scheduler, daemon=True).start()
+    last_view = 0.0
+    while not chaos.stopping and time.monotonic() - started < chaos.args.duration:
+        chaos.supervise()
+        if time.monotonic() - last_view >= 10:
+            last_view = time.monotonic()
+            console.print(_progress_line(chaos, last_view - started), soft_wrap=True)
+        time.sleep(1.0)
+    chaos.stopping = True
+    return threads
+
+
+def _settle(chaos: Chaos, threads: list[threading.Thread]) -> int:
+    """Heal everything, let the cluster recover, stop the simulator and drain; returns the
+    end of the comparison window (µs)."""
+    console.print("healing every fault and letting the cluster settle …")
+    for t in threads:
+        t.join(180)
+    chaos.heal_all()
+    for _ in range(20):
+        chaos.supervise()
+        time.sleep(1.0)
+    until_us = int(time.time() * 1e6)
+    assert chaos.sim is not None
+    chaos.sim.stop()
+    console.print(f"deduplicator drained: {chaos.wait_drained(300)}")
+    return until_us
+
+
+def _figures(chaos: Chaos, digest: str, v: Verdict) -> dict[str, Any]:
+    """The run's figures (``--json``)."""
+    a = chaos.args
+    return {
+        "seed": a.seed,
+        "schedule": digest,
+        "duration_s": a.duration,
+        "rate": a.rate,
+        "timescaledb": a.timescaledb,
+        "events_compared": v.events,
+        "faults": dict(chaos.done),
+        "faults_total": sum(chaos.done.values()),
+        "kinds": len(chaos.done),
+        "skipped": dict(chaos.skipped),
+        "recovery_s": {
+            k: {"p50": statistics.median(x), "max": max(x), "n": len(x)}
+            for k, x in chaos.recovery.items()
+        },
+        "peak_rss_mib": {k: round(x / 1024, 1) for k, x in chaos.peak_rss_kib.items()},
+        "peak_spool_bytes": chaos.peak_spool,
+        "unexpected_exits": dict(chaos.unexpected_exits),
+        "verdict": [list(r) for r in v.rows],
+        "gaps": {"total": v.gaps_total, "uncovered": len(v.gaps_uncovered)},
+        "exact": v.exact,
+    }
+
+
+def _run(chaos: Chaos, plan: list[Fault], digest: str) -> dict[str, Any]:
+    """Set up, warm up, run the schedule, settle and judge; the figures."""
+    chaos.setup()
+    time.sleep(chaos.args.warmup)  # every gatherer subscribes; the comparison window opens after
+    flushed = _post(f"{chaos.demo.sim_info['admin_url']}/truth_flush", {})
+    skip_lines = int(flushed.get("truth_lines", 0))
+    # Lines already flushed carry exchange times before this; later ones after it, or
+    # before it by less than a second and then outside the window on both sides.
+    since_us = int((time.time() + 1.0) * 1e6)
+    admin_url = chaos.demo.sim_info["admin_url"]
+    console.print(f"cluster up; logs in {chaos.demo.workdir / 'logs'}; sim admin {admin_url}")
+    threads = _run_schedule(chaos, plan)
+    until_us = _settle(chaos, threads)
+    assert chaos.prod_primary is not None
+    truth_path = chaos.demo.workdir / "truth.jsonl"
+    v = verdict(chaos.prod_primary.dsn("kalshi"), truth_path, since_us, until_us, skip_lines)
+    _print_verdict(v)
+    return _figures(chaos, digest, v)
+
+
+def main(argv: list[str]) -> int:
+    """Run the chaos schedule; exit 0 when production equals the truth, 1 otherwise."""
+    a = build_parser().parse_args(argv)
+    plan = _plan(a)
     digest = schedule_digest(plan)
     console.print(
         f"schedule {digest}: {len(plan)} faults of {len({f.kind for f in plan})} kinds over "
@@ -1006,7 +1071,7 @@ def main(argv: list[str]) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "logs").mkdir(parents=True)
-    chaos = Chaos(Demo(workdir), a)
+    chaos = Chaos(LocalCluster(workdir), a)
     interrupted = False
 
     def _interrupt(_sig: int, _frame: object) -> None:
@@ -1016,91 +1081,13 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    ok = False
-    threads: list[threading.Thread] = []
     figures: dict[str, Any] = {}
     try:
-        chaos.setup()
-        time.sleep(a.warmup)  # every gatherer subscribes; the comparison window opens after it
-        flushed = _post(f"{chaos.demo.sim_info['admin_url']}/truth_flush", {})
-        skip_lines = int(flushed.get("truth_lines", 0))
-        # Lines already flushed carry exchange times before this; later ones after it, or
-        # before it by less than a second and then outside the window on both sides.
-        since_us = int((time.time() + 1.0) * 1e6)
-        started = time.monotonic()
-        console.print(
-            f"cluster up; logs in {workdir / 'logs'}; sim admin {chaos.demo.sim_info['admin_url']}"
-        )
-
-        def scheduler() -> None:
-            for f in _iter_due(plan, started):
-                if chaos.stopping:
-                    return
-                t = threading.Thread(target=chaos.run_fault, args=(f,), daemon=True)
-                t.start()
-                threads.append(t)
-
-        sched = threading.Thread(target=scheduler, daemon=True)
-        sched.start()
-        last_view = 0.0
-        while not chaos.stopping and time.monotonic() - started < a.duration:
-            chaos.supervise()
-            if time.monotonic() - last_view >= 10:
-                last_view = time.monotonic()
-                spool = chaos.sample_spool()
-                lead = chaos.leader()
-                spooled = ", ".join(f"{k} {v:,.0f}" for k, v in spool.items())
-                console.print(
-                    f"[{time.monotonic() - started:6.0f} s] faults done {sum(chaos.done.values())}"
-                    f" active {chaos.active} skipped {sum(chaos.skipped.values())} | leader "
-                    f"{lead.name if lead else '-'} | spool B {spooled} | failovers "
-                    f"{chaos.failovers} | unexpected exits {sum(chaos.unexpected_exits.values())}",
-                    soft_wrap=True,
-                )
-            time.sleep(1.0)
-        chaos.stopping = True
-        console.print("healing every fault and letting the cluster settle …")
-        for t in threads:
-            t.join(180)
-        chaos.heal_all()
-        for _ in range(20):
-            chaos.supervise()
-            time.sleep(1.0)
-        until_us = int(time.time() * 1e6)
-        assert chaos.sim is not None
-        chaos.sim.stop()
-        drained = chaos.wait_drained(300)
-        console.print(f"deduplicator drained: {drained}")
-        assert chaos.prod_primary is not None
-        truth_path = workdir / "truth.jsonl"
-        v = verdict(chaos.prod_primary.dsn("kalshi"), truth_path, since_us, until_us, skip_lines)
-        _print_verdict(v)
-        ok = v.exact and not interrupted
-        figures = {
-            "seed": a.seed,
-            "schedule": digest,
-            "duration_s": a.duration,
-            "rate": a.rate,
-            "timescaledb": a.timescaledb,
-            "events_compared": v.events,
-            "faults": dict(chaos.done),
-            "faults_total": sum(chaos.done.values()),
-            "kinds": len(chaos.done),
-            "skipped": dict(chaos.skipped),
-            "recovery_s": {
-                k: {"p50": statistics.median(x), "max": max(x), "n": len(x)}
-                for k, x in chaos.recovery.items()
-            },
-            "peak_rss_mib": {k: round(x / 1024, 1) for k, x in chaos.peak_rss_kib.items()},
-            "peak_spool_bytes": chaos.peak_spool,
-            "unexpected_exits": dict(chaos.unexpected_exits),
-            "verdict": [list(r) for r in v.rows],
-            "gaps": {"total": v.gaps_total, "uncovered": len(v.gaps_uncovered)},
-            "exact": v.exact,
-        }
+        figures = _run(chaos, plan, digest)
     finally:
         chaos.stopping = True
         chaos.stop_all()
+    ok = bool(figures.get("exact")) and not interrupted
     _report(chaos, figures)
     if a.json is not None and figures:
         a.json.write_text(json.dumps(figures, indent=2, default=str))

@@ -8,7 +8,6 @@ healthy and a degraded cluster."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import shutil
@@ -26,8 +25,8 @@ import psycopg
 import pytest
 import yaml
 
+from kalshi_data.testing import cluster as lc
 from kalshi_data.testing.truth import database_identities, diff, load_truth
-from kalshi_data.tools import demo as d
 from kalshi_data.tools.users import create_user
 
 WINDOW_S = 60
@@ -97,13 +96,13 @@ def _windows(dsn: str) -> list[tuple[Any, ...]]:
 def test_audit_backfills_what_every_gatherer_missed(tmp_path: Path) -> None:
     """Withheld trades reach no connection: the audit finds exactly the trades production lacks,
     backfills them, survives an outage and 429s, and production then equals the truth."""
-    demo = d.Demo(Path(tempfile.mkdtemp(prefix="kd-audit-")))
+    demo = lc.LocalCluster(Path(tempfile.mkdtemp(prefix="kd-audit-")))
     (demo.workdir / "logs").mkdir(parents=True)
     try:
-        prod_dsn, gatherers = d._setup_databases(demo, 3)
-        d._start_simulator(demo, argparse.Namespace(seed=11, markets=60, rate=300))
+        prod_dsn, gatherers = lc.setup_databases(demo, 3)
+        lc.start_simulator(demo, seed=11, markets=60, rate=300)
         info = demo.sim_info
-        d._start_gatherers(demo, gatherers)
+        lc.start_gatherers(demo, gatherers)
 
         def all_subscribed() -> bool:
             conns = _admin(info, "connections")["connections"]
@@ -111,7 +110,7 @@ def test_audit_backfills_what_every_gatherer_missed(tmp_path: Path) -> None:
 
         _wait(all_subscribed, 60, "three trade subscriptions")
         cut = int(_admin(info, "truth_flush", {})["truth_lines"])
-        dedup = d._start_dedup(demo, prod_dsn, gatherers)
+        dedup = lc.start_dedup(demo, prod_dsn, gatherers)
         prod = demo.clusters["production"].dsn("kalshi")
         audit_pw = secrets.token_urlsafe(12)
         create_user(prod, "auditor", "kd_audit", audit_pw)
@@ -161,7 +160,7 @@ def test_audit_backfills_what_every_gatherer_missed(tmp_path: Path) -> None:
         _wait(lambda: _admin(info, "stats")["trades_withheld"] == 5, 60, "5 withheld trades")
         t1 = _trades_emitted(info)
         _wait(lambda: _trades_emitted(info) >= t1 + 10, 60, "more live trades")
-        d._wait_drained(demo, 60)
+        lc.wait_drained(demo, 60)
         # The deduplicator stops: later trades sit in the gatherer databases only (as they would
         # in a spool), so the audit backfills them first and the merge meets them afterwards.
         dedup.stop()
@@ -235,7 +234,7 @@ def test_audit_backfills_what_every_gatherer_missed(tmp_path: Path) -> None:
 
         # The merge resumes and meets the backfilled copies: still one row each, same provenance.
         dedup.start()
-        d._wait_drained(demo, 90)
+        lc.wait_drained(demo, 90)
         replayed = backfilled & union
         assert replayed, "no backfilled trade was also held by a gatherer"
 

@@ -212,7 +212,7 @@ def test_user_data_installs_the_ssm_agent_and_retries_the_bootstrap(
     ]
     script = delivered[f"/opt/kalshi-data-bootstrap/{role}-bootstrap.sh"]
     common = delivered["/opt/kalshi-data-bootstrap/bootstrap-common.sh"]
-    steps = [line.strip() for line in script.splitlines() if line.strip()]
+    steps = [line.split()[0] for line in script.splitlines() if line.strip()]  # dedup: "all"
     assert steps.index("install_ssm_agent") < steps.index("install_app")
     assert 'dpkg -i "$deb"' in common
     assert "systemctl enable --now amazon-ssm-agent" in common
@@ -481,7 +481,10 @@ def test_bootstrap_installs_exactly_the_pinned_wheel() -> None:
     body = common[common.index("install_app() {") : common.index("s3_get() {")]
     assert 'echo "$APP_WHEEL_SHA256  $wheel" | sha256sum -c --quiet -' in body
     assert body.index("sha256sum -c") < body.index('pip" install')
-    assert 'pip" install -q --force-reinstall --no-cache-dir "$wheel"' in body
+    assert 'pip" install -q --force-reinstall --no-cache-dir "$wheel$extras"' in body
+    # The services need no extra; the dedup host also runs export (archive) and status (tools).
+    assert "\ninstall_app\n" in (SCRIPTS / "gatherer-bootstrap.sh").read_text()
+    assert "  install_app all " in (SCRIPTS / "dedup-bootstrap.sh").read_text()
     assert "APP_PACKAGE" not in common
     assert 'pip" install -q --upgrade pip' not in common
     tf = "\n".join(p.read_text() for p in TF.glob("*.tf"))

@@ -1,5 +1,6 @@
 """The installed artifact: the wheel built from the tracked files, installed into a fresh venv
-outside the checkout, runs every command and migrates real databases with its shipped SQL."""
+outside the checkout: without extras, the services run and a tool that needs one names it; with
+``[all]``, it runs every command and migrates real databases with its shipped SQL."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import tempfile
 import venv
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -23,13 +24,32 @@ from kalshi_data.testing.pgcluster import PgCluster
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: Run from the venv before the extras are installed (see the fixture).
+BASE_PROBES = {
+    "optional": (
+        "python",
+        "-c",
+        "import importlib.util as u;"
+        "print(','.join(m for m in ('boto3', 'pyarrow', 'rich') if u.find_spec(m)))",
+    ),
+    "gatherer": ("python", "-m", "gatherer", "--help"),
+    "deduplicator": ("python", "-m", "deduplicator", "--help"),
+    "simulator": ("python", "-m", "simulator", "--help"),
+    "migrate": ("kalshi-data", "migrate", "--help"),
+    "export": ("kalshi-data", "export", "--help"),
+    "demo": ("kalshi-data", "demo", "--help"),
+}
+
+
 @dataclass(frozen=True)
 class Installed:
-    """A venv holding only the wheel (and its PyPI dependencies)."""
+    """A venv holding only the wheel (and its PyPI dependencies), with ``[all]``; ``base``
+    holds what :data:`BASE_PROBES` did before the extras were installed."""
 
     wheel: Path
     prefix: Path
     workdir: Path
+    base: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
 
     def run(self, *argv: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a venv command from a folder outside the checkout, with no path leaking in."""
@@ -61,6 +81,17 @@ def _tracked_copy(dest: Path) -> Path:
     return dest
 
 
+def _pip_install(prefix: Path, requirement: str) -> None:
+    pip = subprocess.run(
+        [str(prefix / "bin" / "python"), "-m", "pip", "install", "-q", requirement],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert pip.returncode == 0, pip.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def installed() -> Iterator[Installed]:
     """Build the wheel from a copy of the tracked tree and install it into a fresh venv."""
@@ -81,17 +112,13 @@ def installed() -> Iterator[Installed]:
         (wheel,) = dist.glob("kalshi_data-*.whl")
         prefix = base / "venv"
         venv.EnvBuilder(with_pip=True).create(prefix)
-        pip = subprocess.run(
-            [str(prefix / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=900,
-        )
-        assert pip.returncode == 0, pip.stderr[-3000:]
         work = base / "elsewhere"
         work.mkdir()
-        yield Installed(wheel, prefix, work)
+        installed = Installed(wheel, prefix, work)
+        _pip_install(prefix, str(wheel))
+        installed.base.update({k: installed.run(*argv) for k, argv in BASE_PROBES.items()})
+        _pip_install(prefix, f"{wheel}[all]")
+        yield installed
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -117,6 +144,30 @@ def test_installed_code_is_the_wheel_not_the_checkout(installed: Installed) -> N
     assert probe.returncode == 0, probe.stderr
     for line in probe.stdout.split():
         assert Path(line).is_relative_to(installed.prefix), line
+
+
+def test_the_base_install_has_no_optional_dependency(installed: Installed) -> None:
+    """The wheel without extras pulls none of boto3, pyarrow, rich (the services need none)."""
+    probe = installed.base["optional"]
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("probe", ["gatherer", "deduplicator", "simulator", "migrate"])
+def test_services_run_from_the_base_install(installed: Installed, probe: str) -> None:
+    done = installed.base[probe]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+
+
+@pytest.mark.parametrize(("probe", "extra"), [("export", "archive"), ("demo", "tools")])
+def test_a_tool_names_its_extra_in_the_base_install(
+    installed: Installed, probe: str, extra: str
+) -> None:
+    done = installed.base[probe]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"pip install 'kalshi-data[{extra}]'" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

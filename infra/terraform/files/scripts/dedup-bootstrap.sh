@@ -115,7 +115,7 @@ main() {
   apt_https_only
   install_ssm_agent
   apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
-  install_app
+  install_app all  # export (S3, Parquet) and the operators' status/coverage tables run here
   fetch_ca
   write_credentials
   install_units
