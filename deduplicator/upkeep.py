@@ -8,7 +8,7 @@ then attached. The steps and their lock levels are described in migration
 that cannot get its lock fails fast, leaves nothing half done, and is retried on the next run.
 
 While a day is being repaired, its rows already moved are readable only after the attach (the
-new table is not yet a partition); the exporter skips such a day (kalshi_data/export.py).
+new table is not yet a partition); the exporter skips such a day (kalshi_data/tools/export.py).
 """
 
 from __future__ import annotations
