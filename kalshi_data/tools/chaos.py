@@ -35,6 +35,7 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from kalshi_data.errors import describe_error
 from kalshi_data.migrate import migrate
 from kalshi_data.tables import BY_NAME
 from kalshi_data.testing.cluster import (
@@ -1084,6 +1086,13 @@ def main(argv: list[str]) -> int:
     figures: dict[str, Any] = {}
     try:
         figures = _run(chaos, plan, digest)
+    except Exception as exc:  # the run itself broke: still report what the faults recorded
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        chaos.errors.insert(
+            0,
+            f"the run ended early at {Path(where.filename).name}:{where.lineno}:"
+            f" {describe_error(exc)}",
+        )
     finally:
         chaos.stopping = True
         chaos.stop_all()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,11 @@ pytestmark = pytest.mark.chaos
 @pytest.mark.timeout(900)
 def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
     figures = tmp_path / "figures.json"
+    # Not under tmp_path: another pytest session on the machine prunes old basetemp folders,
+    # which would delete the live clusters' data directories under the run (seen as a
+    # production that "refuses connections" at the verdict). Kept when the run fails.
+    root = Path(os.environ.get("KALSHI_DATA_TEST_TMP", tempfile.gettempdir()))
+    work = Path(tempfile.mkdtemp(prefix="kd-chaos-", dir=root))
     duration = os.environ.get("KALSHI_DATA_CHAOS_DURATION", "180")
     proc = subprocess.run(
         [
@@ -32,7 +39,7 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
             "--faults-per-minute",
             "20",
             "--workdir",
-            str(tmp_path / "work"),
+            str(work / "work"),
             "--json",
             str(figures),
         ],
@@ -41,7 +48,8 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
         check=False,
     )
     print(proc.stderr[-6000:])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, f"logs kept in {work}\n{proc.stderr[-3000:]}"
+    shutil.rmtree(work, ignore_errors=True)
     out = json.loads(figures.read_text())
     assert out["exact"] is True
     assert out["faults_total"] >= 20
