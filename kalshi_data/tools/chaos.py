@@ -32,6 +32,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -94,9 +95,18 @@ KINDS: dict[str, tuple[bool, str, tuple[float, float]]] = {
     "rest_5xx_burst": (False, "rest", (0.5, 1)),
     # Opt-in (--clock-steps), so that adding it left the schedules of recorded seeds unchanged.
     "gatherer_clock_step": (True, "clock:{g}", (5, 30)),
+    # Opt-in (--spool-disk-full, root): the gatherer's DB down while its spool's disk is full.
+    # It stops reading (impairs hearing) and needs the gatherer's DB (resource pg:{g}).
+    "gatherer_spool_disk_full": (True, "pg:{g}", (8, 20)),
 }
+#: Kinds only a flag adds (left out of the default draw, so recorded seeds keep their plans).
+OPT_IN_KINDS = ("gatherer_clock_step", "gatherer_spool_disk_full")
 #: Kinds drawn by default (every kind but the opt-in ones).
-DEFAULT_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "gatherer_clock_step")
+DEFAULT_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in OPT_IN_KINDS)
+#: Size of the tmpfs each gatherer's spool lives on under --spool-disk-full.
+SPOOL_TMPFS_BYTES = 32 * 1024 * 1024
+#: Free space the disk-full fault leaves on that tmpfs (so the first appends fail at once).
+SPOOL_DISK_SLACK_BYTES = 64 * 1024
 #: libfaketime (Debian package ``faketime``): steps one process's wall clock, nobody else's.
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 #: Seconds an impairing fault still counts after it ended (restart, reconnect, resubscribe).
@@ -256,6 +266,8 @@ class Chaos:
     recovery: dict[str, list[float]] = field(default_factory=dict)
     peak_rss_kib: dict[str, int] = field(default_factory=dict)
     peak_spool: dict[str, float] = field(default_factory=dict)
+    #: tmpfs mounts made for --spool-disk-full (unmounted by stop_all).
+    mounts: list[Path] = field(default_factory=list)
     failovers: int = 0
     stopping: bool = False
     active: int = 0
@@ -274,6 +286,9 @@ class Chaos:
             )
             console.print(f"TimescaleDB gatherers: {rows[0][0]} hypertables in g1")
         self.sim = start_simulator(self.demo, seed=a.seed, markets=a.markets, rate=a.rate)
+        if "gatherer_spool_disk_full" in _kinds(a):
+            for src in sources:
+                self._mount_spool(src["id"])
         for s in sources:
             self._start_gatherer(s["id"], s["writer"])
         for name in ("dedup-a", "dedup-b"):
@@ -316,6 +331,20 @@ class Chaos:
             f"{gid}-reader", f"postgresql://kd_reader:{rpw}@127.0.0.1:{proxy.port}/kalshi_ts"
         )
         return {"id": gid, "writer": str(writer), "reader": str(reader)}
+
+    def _spool_dir(self, gid: str) -> Path:
+        return self.demo.workdir / "spool" / gid
+
+    def _mount_spool(self, gid: str) -> None:
+        """Gatherer ``gid``'s spool on its own tmpfs, so that filling it fills only its disk."""
+        spool = self._spool_dir(gid)
+        spool.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={SPOOL_TMPFS_BYTES},mode=0700", "tmpfs", spool],
+            check=True,
+            capture_output=True,
+        )
+        self.mounts.append(spool)
 
     def _start_gatherer(self, gid: str, writer_dsn_file: str) -> None:
         """Gatherer ``gid``; under a fake clock when the schedule steps clocks."""
@@ -499,6 +528,39 @@ class Chaos:
 
     def _f_gatherer_db_sigstop(self, f: Fault, _rng: random.Random) -> bool:
         self._stop_cont(_pids_of_cluster(self.demo.clusters[f.target]), f.duration_s)
+        return True
+
+    def _f_gatherer_spool_disk_full(self, f: Fault, _rng: random.Random) -> bool:
+        """The gatherer's database down while its spool's disk is full: the gatherer must say
+        so (health ``spool_full``), stop reading (a recorded gap the others cover), keep the
+        rows it accepted, and read again once its database drained the spool."""
+        gid = f.target
+        svc = self.gatherers[gid]
+        if svc.proc is None or svc.proc.poll() is not None:
+            return False
+        spool = self._spool_dir(gid)
+        ballast = spool / "ballast.fill"
+        c = self.demo.clusters[gid]
+        try:
+            _fill(ballast, shutil.disk_usage(spool).free - SPOOL_DISK_SLACK_BYTES)
+            c.kill9()
+            full = self.wait(
+                lambda: bool(self.health(svc).get("components", {}).get("spool_full")),
+                f.duration_s + 30,
+                0.2,
+            )
+            if full is None:
+                with self.lock:
+                    self.errors.append(f"{gid}: a full spool disk never showed as spool_full")
+            time.sleep(f.duration_s)
+        finally:
+            ballast.unlink(missing_ok=True)
+            c.start()
+        self.note(
+            "gatherer spool drained after its disk filled",
+            self.wait(lambda: self._spool_drained(gid), 120, 0.2),
+        )
+        self.note("gatherer reading again after its spool disk filled", self._gatherer_back(gid))
         return True
 
     def _dedup_kill(self, svc: Service, f: Fault, *, was_leader: bool) -> None:
@@ -777,10 +839,22 @@ class Chaos:
             if c is not None:
                 with contextlib.suppress(Exception):
                     c.stop()
+        for spool in self.mounts:
+            subprocess.run(["umount", "-l", spool], check=False, capture_output=True)
         if os.environ.get("KALSHI_DATA_DEMO_KEEP") != "1":
             for c in [*self.demo.clusters.values(), self.prod_standby]:
                 if c is not None:
                     c.destroy()
+
+
+def _fill(path: Path, nbytes: int) -> None:
+    """Write ``nbytes`` (a ballast file) so that the disk under ``path`` is nearly full."""
+    chunk = b"\0" * (1024 * 1024)
+    left = max(0, nbytes)
+    with path.open("wb") as fh:
+        while left > 0:
+            n = fh.write(chunk[: min(left, len(chunk))])
+            left -= n
 
 
 # --------------------------------------------------------------------------------- verdict
@@ -885,6 +959,8 @@ def _replay_command(a: argparse.Namespace) -> str:
         cmd += f" --db-outage {a.db_outage:g}"
     if a.clock_steps:
         cmd += " --clock-steps"
+    if a.spool_disk_full:
+        cmd += " --spool-disk-full"
     return cmd
 
 
@@ -913,6 +989,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also step one gatherer's wall clock at a time (libfaketime, that process only)",
     )
+    p.add_argument(
+        "--spool-disk-full",
+        action="store_true",
+        help="also fill one gatherer's spool disk while its database is down (root: each"
+        " gatherer's spool is then its own small tmpfs)",
+    )
     p.add_argument("--print-schedule", action="store_true", help="print the plan and exit")
     p.add_argument("--json", type=Path, default=None, help="write the run's figures here")
     return p
@@ -923,6 +1005,8 @@ def _kinds(a: argparse.Namespace) -> list[str]:
     kinds = [k.strip() for k in wanted if k.strip()]
     if a.clock_steps and "gatherer_clock_step" not in kinds:
         kinds.append("gatherer_clock_step")
+    if a.spool_disk_full and "gatherer_spool_disk_full" not in kinds:
+        kinds.append("gatherer_spool_disk_full")
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise SystemExit(f"kalshi-data chaos: error: unknown fault kinds {unknown}")
@@ -930,6 +1014,11 @@ def _kinds(a: argparse.Namespace) -> list[str]:
         raise SystemExit(
             f"kalshi-data chaos: error: clock steps need libfaketime ({FAKETIME_LIB}): "
             "apt-get install faketime"
+        )
+    if "gatherer_spool_disk_full" in kinds and os.geteuid() != 0:
+        raise SystemExit(
+            "kalshi-data chaos: error: spool disk-full faults need root (each gatherer's spool"
+            " is mounted as its own tmpfs)"
         )
     return kinds
 

@@ -14,6 +14,9 @@ import pytest
 
 pytestmark = pytest.mark.chaos
 
+#: Filling a gatherer's spool disk mounts a tmpfs per gatherer: root only.
+DISK_FULL = ["--spool-disk-full"] if os.geteuid() == 0 else []
+
 
 @pytest.mark.timeout(900)
 def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
@@ -31,7 +34,7 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
             "kalshi_data.cli",
             "chaos",
             "--seed",
-            "14",
+            "16",  # draws every default kind but one, and 3 spool disk-full faults
             "--duration",
             duration,
             "--rate",
@@ -42,6 +45,7 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
             str(work / "work"),
             "--json",
             str(figures),
+            *DISK_FULL,
         ],
         capture_output=True,
         text=True,
@@ -54,5 +58,9 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
     assert out["exact"] is True
     assert out["faults_total"] >= 20
     assert out["kinds"] >= 8
+    if DISK_FULL:
+        assert out["faults"].get("gatherer_spool_disk_full", 0) >= 1, out["faults"]
+    else:
+        print("not root: no gatherer_spool_disk_full faults in this run (they mount a tmpfs)")
     for table, _truth, _prod, missing, invented, doubled in out["verdict"]:
         assert (missing, invented, doubled) == (0, 0, 0), table

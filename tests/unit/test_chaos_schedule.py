@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
 from kalshi_data.tools.chaos import (
+    DEFAULT_KINDS,
     DEFAULT_MARGIN_S,
     FAILOVER_SPACING_S,
     KINDS,
     RECOVERY_MARGIN_S,
+    _kinds,
     build_parser,
     make_schedule,
     schedule_digest,
@@ -69,3 +72,25 @@ def test_kinds_option_restricts_the_schedule() -> None:
     assert {f.kind for f in plan} <= {"sim_drop", "gatherer_db_kill9"}
     args = build_parser().parse_args(["--seed", "9", "--duration", "60", "--timescaledb"])
     assert (args.seed, args.duration, args.timescaledb) == (9, 60.0, True)
+
+
+def test_spool_disk_full_is_opt_in_and_shares_the_gatherer_database() -> None:
+    """``--spool-disk-full`` adds the kind (left out of the default draw, so the recorded seeds
+    keep their plans); it takes the gatherer's database, so no DB fault overlaps it."""
+    assert "gatherer_spool_disk_full" not in DEFAULT_KINDS
+    plain = build_parser().parse_args([])
+    flagged = build_parser().parse_args(["--spool-disk-full"])
+    if os.geteuid() != 0:
+        with pytest.raises(SystemExit, match="need root"):
+            _kinds(flagged)
+        return
+    assert "gatherer_spool_disk_full" not in _kinds(plain)
+    assert "gatherer_spool_disk_full" in _kinds(flagged)
+    plan = make_schedule(16, 180, 20, GATHERERS, _kinds(flagged))
+    full = [f for f in plan if f.kind == "gatherer_spool_disk_full"]
+    assert full
+    db_faults = [f for f in plan if f.kind in ("gatherer_db_kill9", "gatherer_db_sigstop")]
+    for f in full:
+        for d in db_faults:
+            if d.target == f.target:
+                assert d.at_s >= f.at_s + f.duration_s or d.at_s + d.duration_s <= f.at_s, (f, d)
