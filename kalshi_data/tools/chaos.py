@@ -272,6 +272,10 @@ class Chaos:
     stopping: bool = False
     active: int = 0
     errors: list[str] = field(default_factory=list)
+    #: One lock per exclusive resource (``pg:g1``, ``prod``, ...): the schedule keeps faults on
+    #: a resource apart in plan time, but a fault that runs late (a slow restart on a loaded
+    #: machine) must still finish before the next one on its resource starts.
+    resource_locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     # -------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -444,9 +448,13 @@ class Chaos:
         with self.lock:
             self.active += 1
         rng = random.Random(f.param)
+        resource = KINDS[f.kind][1].format(g=f.target)
+        with self.lock:
+            held = self.resource_locks.setdefault(resource, threading.Lock())
         try:
             handler = getattr(self, f"_f_{f.kind}")
-            ok = handler(f, rng)
+            with held:
+                ok = handler(f, rng)
             with self.lock:
                 (self.done if ok is not False else self.skipped)[f.kind] += 1
         except Exception as exc:

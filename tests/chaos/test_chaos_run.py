@@ -60,6 +60,8 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(tmp_path: Path) -> None:
     assert out["kinds"] >= 8
     if DISK_FULL:
         assert out["faults"].get("gatherer_spool_disk_full", 0) >= 1, out["faults"]
+        # A full disk must show: the run notes it when /health never said spool_full.
+        assert "never showed as spool_full" not in proc.stderr, proc.stderr[-3000:]
     else:
         print("not root: no gatherer_spool_disk_full faults in this run (they mount a tmpfs)")
     for table, _truth, _prod, missing, invented, doubled in out["verdict"]:
