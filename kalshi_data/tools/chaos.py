@@ -67,7 +67,7 @@ from kalshi_data.tools.users import create_user
 
 console = Console(stderr=True)
 
-#: Fault kinds, with (impairs hearing, exclusive resource, duration range s).
+#: Fault kinds, with (impairs hearing, exclusive resources joined by "+", duration range s).
 KINDS: dict[str, tuple[bool, str, tuple[float, float]]] = {
     "gatherer_kill9": (True, "proc:{g}", (2, 8)),
     "gatherer_sigstop": (True, "proc:{g}", (2, 8)),
@@ -96,8 +96,9 @@ KINDS: dict[str, tuple[bool, str, tuple[float, float]]] = {
     # Opt-in (--clock-steps), so that adding it left the schedules of recorded seeds unchanged.
     "gatherer_clock_step": (True, "clock:{g}", (5, 30)),
     # Opt-in (--spool-disk-full, root): the gatherer's DB down while its spool's disk is full.
-    # It stops reading (impairs hearing) and needs the gatherer's DB (resource pg:{g}).
-    "gatherer_spool_disk_full": (True, "pg:{g}", (8, 20)),
+    # It stops reading (impairs hearing) and needs the gatherer's DB and its process untouched
+    # by other faults meanwhile (a restarted gatherer waits for its DB, spooling nothing).
+    "gatherer_spool_disk_full": (True, "pg:{g}+proc:{g}", (8, 20)),
 }
 #: Kinds only a flag adds (left out of the default draw, so recorded seeds keep their plans).
 OPT_IN_KINDS = ("gatherer_clock_step", "gatherer_spool_disk_full")
@@ -151,29 +152,15 @@ def make_schedule(
             break
         for _attempt in range(10):
             kind = rng.choice(kinds)
-            impairs, resource, (lo, hi) = KINDS[kind]
+            _impairs, resource, (lo, hi) = KINDS[kind]
             dur = round(rng.uniform(lo, hi), 2)
             if t + dur >= end:
                 continue
             targets = list(gatherers) if "{g}" in resource else ["-"]
             rng.shuffle(targets)
-            chosen = None
-            for g in targets:
-                res = resource.format(g=g)
-                if busy.get(res, 0.0) > t:
-                    continue
-                if kind == "production_failover" and t - last_failover < FAILOVER_SPACING_S:
-                    continue
-                if impairs:
-                    margin = RECOVERY_MARGIN_S.get(kind, DEFAULT_MARGIN_S)
-                    stop = t + dur + margin
-                    others = {x for s, e, x in impaired if s < stop and e > t and x != g}
-                    if len(others) + 1 >= len(gatherers):
-                        continue
-                    impaired.append((t, stop, g))
-                chosen = g
-                busy[res] = t + dur + (5.0 if kind != "production_failover" else 30.0)
-                break
+            if kind == "production_failover" and t - last_failover < FAILOVER_SPACING_S:
+                continue
+            chosen = _first_free_target(kind, t, dur, targets, gatherers, busy, impaired)
             if chosen is None:
                 continue
             if kind == "production_failover":
@@ -181,6 +168,34 @@ def make_schedule(
             out.append(Fault(round(t, 2), kind, chosen, dur, rng.randrange(1, 1_000_000)))
             break
     return out
+
+
+def _first_free_target(
+    kind: str,
+    t: float,
+    dur: float,
+    targets: list[str],
+    gatherers: list[str],
+    busy: dict[str, float],
+    impaired: list[tuple[float, float, str]],
+) -> str | None:
+    """The first of ``targets`` whose resources are free at ``t`` and whose impairment (if the
+    kind impairs hearing) leaves another gatherer hearing; it is booked in ``busy``/``impaired``."""
+    impairs, resource, _ = KINDS[kind]
+    for g in targets:
+        parts = resource.format(g=g).split("+")
+        if any(busy.get(res, 0.0) > t for res in parts):
+            continue
+        if impairs:
+            stop = t + dur + RECOVERY_MARGIN_S.get(kind, DEFAULT_MARGIN_S)
+            others = {x for s, e, x in impaired if s < stop and e > t and x != g}
+            if len(others) + 1 >= len(gatherers):
+                continue
+            impaired.append((t, stop, g))
+        for res in parts:
+            busy[res] = t + dur + (5.0 if kind != "production_failover" else 30.0)
+        return g
+    return None
 
 
 def schedule_digest(plan: list[Fault]) -> str:
@@ -272,10 +287,11 @@ class Chaos:
     stopping: bool = False
     active: int = 0
     errors: list[str] = field(default_factory=list)
-    #: One lock per exclusive resource (``pg:g1``, ``prod``, ...): the schedule keeps faults on
-    #: a resource apart in plan time, but a fault that runs late (a slow restart on a loaded
-    #: machine) must still finish before the next one on its resource starts.
-    resource_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    #: Resources (``pg:g1``, ``prod``, ...) held by a running fault. The schedule keeps faults
+    #: on a resource apart in plan time, but one that runs late (a slow restart on a loaded
+    #: machine) may still hold it when the next is due: that next one is skipped, not delayed
+    #: (delayed, it would run outside the window the hearing constraint was checked for).
+    busy_resources: set[str] = field(default_factory=set)
 
     # -------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -448,13 +464,19 @@ class Chaos:
         with self.lock:
             self.active += 1
         rng = random.Random(f.param)
-        resource = KINDS[f.kind][1].format(g=f.target)
+        resources = set(KINDS[f.kind][1].format(g=f.target).split("+"))
         with self.lock:
-            held = self.resource_locks.setdefault(resource, threading.Lock())
+            free = not (resources & self.busy_resources)
+            if free:
+                self.busy_resources |= resources
         try:
+            if not free:
+                with self.lock:
+                    self.skipped[f.kind] += 1
+                    self.errors.append(f"{f.kind} on {f.target}: skipped, a late fault holds it")
+                return
             handler = getattr(self, f"_f_{f.kind}")
-            with held:
-                ok = handler(f, rng)
+            ok = handler(f, rng)
             with self.lock:
                 (self.done if ok is not False else self.skipped)[f.kind] += 1
         except Exception as exc:
@@ -464,6 +486,8 @@ class Chaos:
         finally:
             with self.lock:
                 self.active -= 1
+                if free:
+                    self.busy_resources -= resources
 
     def _kill(self, svc: Service) -> None:
         with self.lock:

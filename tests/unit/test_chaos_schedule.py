@@ -76,7 +76,8 @@ def test_kinds_option_restricts_the_schedule() -> None:
 
 def test_spool_disk_full_is_opt_in_and_shares_the_gatherer_database() -> None:
     """``--spool-disk-full`` adds the kind (left out of the default draw, so the recorded seeds
-    keep their plans); it takes the gatherer's database, so no DB fault overlaps it."""
+    keep their plans); it takes the gatherer's database and process, so no DB or process fault
+    on that gatherer overlaps it."""
     assert "gatherer_spool_disk_full" not in DEFAULT_KINDS
     plain = build_parser().parse_args([])
     flagged = build_parser().parse_args(["--spool-disk-full"])
@@ -89,7 +90,13 @@ def test_spool_disk_full_is_opt_in_and_shares_the_gatherer_database() -> None:
     plan = make_schedule(16, 180, 20, GATHERERS, _kinds(flagged))
     full = [f for f in plan if f.kind == "gatherer_spool_disk_full"]
     assert full
-    db_faults = [f for f in plan if f.kind in ("gatherer_db_kill9", "gatherer_db_sigstop")]
+    db_faults = [
+        f
+        for f in plan
+        if f.kind
+        in ("gatherer_db_kill9", "gatherer_db_sigstop", "gatherer_kill9", "gatherer_sigstop")
+    ]
+    assert {f.kind for f in db_faults} >= {"gatherer_db_kill9", "gatherer_kill9"}
     for f in full:
         for d in db_faults:
             if d.target == f.target:
