@@ -101,3 +101,28 @@ def test_spool_disk_full_is_opt_in_and_shares_the_gatherer_database() -> None:
         for d in db_faults:
             if d.target == f.target:
                 assert d.at_s >= f.at_s + f.duration_s or d.at_s + d.duration_s <= f.at_s, (f, d)
+
+
+def test_a_fault_whose_resource_is_still_held_is_skipped_not_delayed(tmp_path) -> None:
+    """A late fault still holds ``pg:g1``: the next fault on it is skipped at once (counted and
+    noted), and a fault on another resource runs; the held resource stays held."""
+    from kalshi_data.testing.cluster import LocalCluster
+    from kalshi_data.tools.chaos import Chaos, Fault
+
+    chaos = Chaos(LocalCluster(tmp_path), build_parser().parse_args([]))
+    ran: list[str] = []
+
+    def fake(f: Fault, _rng: object) -> bool:
+        ran.append(f.target)
+        return True
+
+    chaos._f_gatherer_db_sigstop = fake  # type: ignore[method-assign,assignment]
+    chaos.busy_resources.add("pg:g1")
+    chaos.run_fault(Fault(10.0, "gatherer_db_sigstop", "g1", 2.0, 1))
+    assert ran == []
+    assert chaos.skipped["gatherer_db_sigstop"] == 1
+    assert any("a late fault holds it" in e for e in chaos.errors), chaos.errors
+    chaos.run_fault(Fault(11.0, "gatherer_db_sigstop", "g2", 2.0, 2))
+    assert ran == ["g2"]
+    assert chaos.done["gatherer_db_sigstop"] == 1
+    assert chaos.busy_resources == {"pg:g1"}
