@@ -219,6 +219,9 @@ def _run_dedup(base: Path, prod: PgCluster, rdsns: list[str], tree: str) -> tupl
         proc = subprocess.Popen(
             [sys.executable, "-m", "deduplicator", "--config", str(cfg_path)],
             stdout=log,
+            # cwd too: ``python -m`` puts the working directory ahead of PYTHONPATH, so without
+            # it every tree would run the checkout the bench was started from.
+            cwd=tree,
             env={**os.environ, "PYTHONPATH": tree},
             stderr=subprocess.STDOUT,
         )

@@ -25,6 +25,7 @@ class Put(enum.Enum):
     QUEUED = "queued"  #: nothing: the row waits for the next flush
     BATCH = "batch"  #: a full batch is waiting: wake the loop
     SPILL = "spill"  #: the queue reached its bound: spill it to the spool, then wake the loop
+    BAD = "bad"  #: unknown table or wrong width: not queued (dead-letter it, :func:`shape_error`)
 
 
 def shape_error(ncols: Mapping[str, int], table: str, row: Row) -> str | None:
@@ -84,8 +85,11 @@ class TableQueues:
         return any(len(q) >= self.batch_rows for q in self._queues.values())
 
     def put(self, table: str, row: Row) -> Put:
-        """Append a row of a known table with the right shape (see :func:`shape_error`)."""
-        q = self._queues[table]
+        """Append a row; :attr:`Put.BAD` (nothing appended) for an unknown table or a row of the
+        wrong width (:func:`shape_error` says which). One call per row: this is the hot path."""
+        q = self._queues.get(table)
+        if q is None or len(row) != self.ncols[table]:
+            return Put.BAD
         q.append(row)
         n = len(q)
         if n < self.batch_rows:

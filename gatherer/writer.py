@@ -243,17 +243,22 @@ class Writer:
 
         A row of an unknown table or with the wrong number of values is dead-lettered.
         """
-        reason = shape_error(self._queues.ncols, table, row)
-        if reason is not None:
-            self._dead(table, tuple(row), reason)
-        elif self._stopped:
-            self._put_after_stop(table, row)
-        else:
-            action = self._queues.put(table, row)
-            if action is Put.SPILL:
-                self._spill.overflow(table)
-            if action is not Put.QUEUED:
-                self._wake.set()
+        if self._stopped:
+            reason = shape_error(self._queues.ncols, table, row)
+            if reason is not None:
+                self._dead(table, tuple(row), reason)
+            else:
+                self._put_after_stop(table, row)
+            return
+        action = self._queues.put(table, row)
+        if action is Put.QUEUED:
+            return
+        if action is Put.BAD:
+            self._dead(table, tuple(row), shape_error(self._queues.ncols, table, row) or "writer")
+            return
+        if action is Put.SPILL:
+            self._spill.overflow(table)
+        self._wake.set()
 
     def _put_after_stop(self, table: str, row: Row) -> None:
         self._spill.retry_now()
