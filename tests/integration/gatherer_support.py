@@ -21,7 +21,7 @@ from gatherer.config import GathererConfig
 from gatherer.service import GathererService
 from kalshi_data.config import load_config
 from kalshi_data.migrate import migrate
-from kalshi_data.testing.truth import compare
+from kalshi_data.testing.truth import TableDiff, compare
 from simulator.config import SimConfig
 from simulator.server import Simulator
 
@@ -222,3 +222,28 @@ def assert_truth(dsn: str, truth: Path, **window: int) -> dict[str, Any]:
         assert not diff.missing, (table, diff.expected, diff.found, list(diff.missing)[:5])
         assert diff.expected > 0, table
     return report
+
+
+def assert_loss_only_inside_gaps(dsn: str, truth_path: Path) -> tuple[dict[str, TableDiff], int]:
+    """Nothing extra anywhere, every missing row inside a recorded gap window
+    ([detected_at, recovered_at] ± 1 s), and trades and deltas exact (and present) after the
+    last window. Returns the whole-run report and the windows' lower bound."""
+    windows = query(
+        dsn,
+        "SELECT (extract(epoch FROM o.detected_at) * 1e6)::bigint,"
+        " (extract(epoch FROM r.recovered_at) * 1e6)::bigint"
+        " FROM gaps o JOIN gaps r USING (gap_id) WHERE o.state = 'open' AND r.state = 'recovered'",
+    )
+    assert windows, "no gap window was recorded"
+    lo = min(int(w[0]) for w in windows) - 1_000_000
+    hi = max(int(w[1]) for w in windows) + 1_000_000
+    report = compare(dsn, truth_path)
+    for table, diff in report.items():
+        assert not diff.extra, (table, list(diff.extra)[:5])
+        for ident in diff.missing:
+            assert lo <= ident[1] <= hi, (table, ident, lo, hi)
+    after = compare(dsn, truth_path, since_us=hi)
+    for table in ("trades", "orderbook_deltas"):
+        assert after[table].exact, (table, list(after[table].missing)[:5])
+        assert after[table].expected > 0, (table, "no traffic after the last gap window")
+    return report, lo

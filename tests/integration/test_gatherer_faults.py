@@ -12,6 +12,7 @@ import pytest
 from kalshi_data.testing.truth import compare
 from simulator.server import Simulator
 from tests.integration.gatherer_support import (
+    assert_loss_only_inside_gaps,
     config_data,
     gatherer,
     query,
@@ -164,24 +165,7 @@ async def test_terminal_errors_and_drops_recover(gatherer_dsn, tmp_path):
     assert ("trade", "resubscribe") in hows
     assert ("orderbook_delta", "reconnect") in hows
     # Loss only inside [detected_at, recovered_at] windows; nothing extra anywhere.
-    windows = query(
-        dsn,
-        "SELECT (extract(epoch FROM o.detected_at) * 1e6)::bigint,"
-        " (extract(epoch FROM r.recovered_at) * 1e6)::bigint"
-        " FROM gaps o JOIN gaps r USING (gap_id) WHERE o.state = 'open' AND r.state = 'recovered'",
-    )
-    lo = min(w[0] for w in windows) - 1_000_000
-    hi = max(w[1] for w in windows) + 1_000_000
-    report = compare(dsn, tmp_path / "truth.jsonl")
-    for table, diff in report.items():
-        assert not diff.extra, (table, diff.extra)
-        for ident in diff.missing:
-            ts = ident[1]
-            assert lo <= ts <= hi, (table, ident, lo, hi)
-    after = compare(dsn, tmp_path / "truth.jsonl", since_us=hi)
-    for table in ("trades", "orderbook_deltas"):
-        assert after[table].exact, (table, after[table].missing)
-        assert after[table].expected > 0
+    assert_loss_only_inside_gaps(dsn, tmp_path / "truth.jsonl")
 
 
 async def test_clean_close_and_abort_both_reconnect_only_the_abort_warns(
